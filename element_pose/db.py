@@ -1,0 +1,140 @@
+"""Database and object-store connection: an embedded PostgreSQL by default, a lab server when
+DataJoint's own settings say so.
+
+Nothing here runs at import time; :func:`connect` is called by ``activate`` and the CLI.
+
+Precedence
+----------
+1. A lab server when ``DJ_HOST`` is set in the environment or a ``datajoint.json`` was found
+   (DataJoint's own configuration: ``DJ_USER``, ``DJ_PASS``, ``DJ_BACKEND``, ``DJ_PORT``,
+   ``DJ_STORES``).
+2. Otherwise a private PostgreSQL started with ``pgserver`` in ``$ELEMENT_POSE_HOME/pgdata``
+   (default: the per-user data directory), reused when already running.
+
+The object store ``main`` (images, weights, arrays) defaults to ``$ELEMENT_POSE_HOME/store``
+unless DataJoint's settings define a store of that name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import datajoint as dj
+import platformdirs
+
+logger = logging.getLogger(__name__)
+
+STORE = "main"
+_embedded_server = None  # keeps pgserver's handle alive for the life of the process
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    """What :func:`connect` connected to (never the password)."""
+
+    kind: str  # "embedded" or "server"
+    backend: str
+    host: str
+    port: int
+    user: str
+    store: str
+    store_location: str
+    schema_prefix: str
+
+    def describe(self) -> str:
+        """Human-readable summary for ``element-pose db``."""
+        return (
+            f"database: {self.kind} {self.backend} at {self.host}:{self.port} as {self.user}\n"
+            f"schemas:  {self.schema_prefix}*\n"
+            f"store:    '{self.store}' -> {self.store_location}"
+        )
+
+
+def home() -> Path:
+    """Directory of the embedded database and the default object store.
+
+    ``$ELEMENT_POSE_HOME`` when set, else the per-user data directory
+    (e.g. ``~/.local/share/element-pose``).
+    """
+    env = os.environ.get("ELEMENT_POSE_HOME")
+    path = Path(env).expanduser() if env else Path(platformdirs.user_data_dir("element-pose"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path.resolve()
+
+
+def schema_prefix() -> str:
+    """Prefix of the Element's schema names (``$ELEMENT_POSE_PREFIX``, default ``pose_``)."""
+    return os.environ.get("ELEMENT_POSE_PREFIX", "pose_")
+
+
+def server_configured() -> bool:
+    """True when DataJoint's settings point at a lab server rather than the embedded one."""
+    return bool(os.environ.get("DJ_HOST")) or dj.config._config_path is not None
+
+
+def _start_embedded() -> tuple[str, int]:
+    """Start (or reuse) the private PostgreSQL; return its socket directory and port."""
+    global _embedded_server
+    import pgserver
+
+    pgdata = home() / "pgdata"
+    pgdata.mkdir(parents=True, exist_ok=True)
+    if _embedded_server is None:
+        # cleanup_mode=None leaves the server running after exit, so the next process reuses it.
+        _embedded_server = pgserver.get_server(pgdata, cleanup_mode=None)
+    info = _embedded_server.get_postmaster_info()
+    host = str(info.socket_dir) if info.socket_dir else "127.0.0.1"
+    return host, int(info.port or 5432)
+
+
+def _configure_store() -> str:
+    stores = dict(dj.config.stores)
+    if STORE not in stores:
+        location = home() / "store"
+        location.mkdir(parents=True, exist_ok=True)
+        stores[STORE] = {"protocol": "file", "location": str(location)}
+    stores.setdefault("default", STORE)
+    dj.config.stores = stores
+    spec = stores[STORE]
+    return str(spec.get("location", spec))
+
+
+def connect(reset: bool = False) -> ConnectionInfo:
+    """Configure DataJoint for the embedded database or the configured server and connect.
+
+    Parameters
+    ----------
+    reset : bool
+        Open a new connection even when one exists.
+
+    Returns
+    -------
+    ConnectionInfo
+        Where the data go.
+    """
+    if server_configured():
+        kind = "server"
+    else:
+        kind = "embedded"
+        host, port = _start_embedded()
+        dj.config.database.backend = "postgresql"
+        dj.config.database.host = host
+        dj.config.database.port = port
+        dj.config.database.user = "postgres"
+        dj.config.database.password = ""  # trust auth on a private socket
+    location = _configure_store()
+    dj.conn(reset=reset)
+    db = dj.config.database
+    return ConnectionInfo(
+        kind=kind,
+        backend=db.backend,
+        host=db.host,
+        port=int(db.port),
+        user=db.user or "",
+        store=STORE,
+        store_location=location,
+        schema_prefix=schema_prefix(),
+    )

@@ -1,0 +1,1 @@
+"""The bundled pose engine: PyTorch + NumPy + OpenCV, never DataJoint."""

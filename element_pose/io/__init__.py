@@ -1,0 +1,1 @@
+"""Readers and writers for the file formats labs already have (DeepLabCut, SLEAP, NWB)."""

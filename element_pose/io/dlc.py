@@ -1,0 +1,275 @@
+"""DeepLabCut files: project folders (config.yaml + CollectedData labels) and pose outputs (.h5/.csv).
+
+Reads both label header layouts (single animal: scorer/bodyparts/coords; multi-animal:
+scorer/individuals/bodyparts/coords) and both index layouts (one ``labeled-data/v/img.png``
+column, or three columns ``labeled-data``, ``v``, ``img.png``).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from .labels import FrameSource, LabeledData
+
+logger = logging.getLogger(__name__)
+
+SINGLE = "animal0"  # individual name for single-animal projects
+
+
+class DLCFormatError(ValueError):
+    """A DeepLabCut file that cannot be read as such; the message names the file and the fix."""
+
+
+def read_config(project_dir: Path) -> dict | None:
+    """Return the parsed ``config.yaml`` of a DLC project, or None when there is none."""
+    path = Path(project_dir) / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise DLCFormatError(f"{path} is not valid YAML ({error}). Fix or restore the file.") from error
+
+
+def find_label_files(project_dir: Path) -> list[Path]:
+    """Label files of a project: ``labeled-data/*/CollectedData_*.csv`` (or ``.h5`` where no
+    csv exists beside it), else ``CollectedData*.csv`` at the project root."""
+    project_dir = Path(project_dir)
+    found: list[Path] = []
+    for folder in sorted((project_dir / "labeled-data").glob("*")):
+        if not folder.is_dir():
+            continue
+        csvs = sorted(folder.glob("CollectedData_*.csv"))
+        found += csvs or sorted(folder.glob("CollectedData_*.h5"))
+    if not found:
+        found = sorted(project_dir.glob("CollectedData*.csv")) or sorted(
+            project_dir.glob("CollectedData*.h5")
+        )
+    return found
+
+
+def _read_label_table(path: Path) -> tuple[list[str], list[tuple[str, str, str]], np.ndarray, str]:
+    """Parse one CollectedData file into (image names, columns (individual, bodypart, coord),
+    values (rows, columns) float, scorer)."""
+    if path.suffix == ".h5":
+        frame = pd.read_hdf(path)
+        levels = frame.columns.names
+        cols = []
+        for col in frame.columns:
+            named = dict(zip(levels, col))
+            cols.append((named.get("individuals", SINGLE), named["bodyparts"], named["coords"]))
+        index = ["/".join(map(str, i)) if isinstance(i, tuple) else str(i) for i in frame.index]
+        scorer = str(frame.columns.get_level_values("scorer")[0])
+        return index, cols, frame.to_numpy(dtype=float), scorer
+
+    with path.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    names = [r[0] if r else "" for r in rows[:5]]
+    if "coords" not in names or names[0] != "scorer":
+        raise DLCFormatError(
+            f"{path} is not a DeepLabCut label file: its first column should start with "
+            "'scorer', ('individuals',) 'bodyparts', 'coords'. Export labels from DeepLabCut."
+        )
+    n_header = names.index("coords") + 1
+    header = {r[0]: r for r in rows[:n_header]}
+    scorer_row = header["scorer"]
+    n_index = 1
+    while n_index < len(scorer_row) and scorer_row[n_index] == "":
+        n_index += 1
+    ncol = len(scorer_row) - n_index
+    individuals = header.get("individuals", [None] * len(scorer_row))
+    cols = [
+        (individuals[n_index + j] or SINGLE, header["bodyparts"][n_index + j], header["coords"][n_index + j])
+        for j in range(ncol)
+    ]
+    index, values = [], []
+    for line, row in enumerate(rows[n_header:], start=n_header + 1):
+        if not row or not any(row):
+            continue
+        index.append("/".join(c for c in row[:n_index] if c))
+        cells = row[n_index:] + [""] * (ncol - len(row[n_index:]))
+        try:
+            values.append([float(c) if c.strip() else np.nan for c in cells[:ncol]])
+        except ValueError as error:
+            raise DLCFormatError(f"{path}, line {line}: a coordinate is not a number ({error}).") from error
+    return index, cols, np.asarray(values, dtype=float).reshape(len(index), ncol), scorer_row[n_index]
+
+
+_FRAME_NUMBER = re.compile(r"(\d+)\.\w+$")
+
+
+def read_dlc_project(project_dir: str | Path) -> LabeledData:
+    """Read the labeled frames of a DeepLabCut project folder.
+
+    Parameters
+    ----------
+    project_dir : str or Path
+        Folder with ``config.yaml`` and ``labeled-data/*/CollectedData_<scorer>.csv`` (or
+        ``.h5``); a folder with a root ``CollectedData*.csv`` and no config is accepted too.
+
+    Returns
+    -------
+    LabeledData
+
+    Raises
+    ------
+    DLCFormatError
+        Missing folder or labels, body parts that disagree with config.yaml, coordinates that
+        are not numbers or are infinite, images listed but missing on disk.
+    """
+    project_dir = Path(project_dir).expanduser()
+    if not project_dir.is_dir():
+        raise DLCFormatError(
+            f"DeepLabCut project folder not found: {project_dir}. Pass the folder that holds "
+            "config.yaml and labeled-data/."
+        )
+    config = read_config(project_dir)
+    files = find_label_files(project_dir)
+    if not files:
+        raise DLCFormatError(
+            f"No labels in {project_dir}: expected labeled-data/<video>/CollectedData_<scorer>.csv "
+            "(or .h5). Label frames in DeepLabCut first, or point at the right folder."
+        )
+
+    names: list[str] = []
+    tables = []
+    scorer = ""
+    for path in files:
+        index, cols, values, scorer = _read_label_table(path)
+        tables.append((path, index, cols, values))
+        names += index
+    if len(set(names)) != len(names):
+        dupes = sorted({n for n in names if names.count(n) > 1})[:5]
+        raise DLCFormatError(f"Frames labeled twice across {[str(f) for f in files]}: {dupes}")
+
+    # Body parts and individuals, in config order when there is a config, else file order.
+    file_parts = list(dict.fromkeys(c[1] for t in tables for c in t[2]))
+    file_individuals = list(dict.fromkeys(c[0] for t in tables for c in t[2]))
+    if config and config.get("multianimalproject"):
+        config_parts = list(config.get("multianimalbodyparts") or []) + list(
+            config.get("uniquebodyparts") or []
+        )
+        individuals = list(config.get("individuals") or [])
+        if config.get("uniquebodyparts"):
+            individuals.append("single")
+    elif config:
+        config_parts = list(config.get("bodyparts") or [])
+        individuals = [SINGLE]
+    else:
+        config_parts, individuals = file_parts, file_individuals
+    if set(file_parts) != set(config_parts):
+        extra = sorted(set(file_parts) - set(config_parts))
+        missing = sorted(set(config_parts) - set(file_parts))
+        raise DLCFormatError(
+            f"Body parts in {files[0]} disagree with {project_dir / 'config.yaml'}: "
+            f"in the labels but not the config: {extra}; in the config but not the labels: "
+            f"{missing}. Make config.yaml's bodyparts list match the labels."
+        )
+    unknown_ind = sorted(set(file_individuals) - set(individuals))
+    if unknown_ind:
+        raise DLCFormatError(
+            f"Individuals {unknown_ind} in {files[0]} are not in config.yaml's individuals list."
+        )
+    bodyparts = config_parts
+
+    keypoints = np.full((len(names), len(individuals), len(bodyparts), 2), np.nan)
+    frames: list[FrameSource] = []
+    row = 0
+    for path, index, cols, values in tables:
+        if not np.all(np.isfinite(values) | np.isnan(values)):
+            raise DLCFormatError(f"{path} holds infinite coordinates; fix or relabel those frames.")
+        for j, (ind, part, coord) in enumerate(cols):
+            if coord not in ("x", "y"):
+                continue  # e.g. 'likelihood' columns in machine-labeled files
+            keypoints[row : row + len(index), individuals.index(ind), bodyparts.index(part),
+                      0 if coord == "x" else 1] = values[:, j]
+        row += len(index)
+        for name in index:
+            number = _FRAME_NUMBER.search(name)
+            parts = Path(name).parts
+            video = parts[-2] if len(parts) >= 2 and parts[-2] != "labeled-data" else None
+            frames.append(FrameSource(
+                name=name,
+                image_path=project_dir / name,
+                source_video=video,
+                frame_index=int(number.group(1)) if number and video else None,
+            ))
+    # A label with only x or only y is as good as none.
+    keypoints[np.isnan(keypoints).any(axis=-1)] = np.nan
+
+    missing_images = [f.name for f in frames if not f.image_path.is_file()]
+    if missing_images:
+        raise DLCFormatError(
+            f"{len(missing_images)} labeled image(s) listed in the labels are missing under "
+            f"{project_dir}, e.g. {missing_images[:3]}. Restore them, or delete their rows "
+            "from the CollectedData file."
+        )
+    skeleton = [tuple(edge) for edge in (config or {}).get("skeleton") or [] if len(edge) == 2]
+    return LabeledData(
+        bodyparts=bodyparts,
+        individuals=individuals,
+        frames=frames,
+        keypoints=keypoints,
+        scorer=scorer,
+        skeleton=skeleton,
+        source=str(project_dir),
+    )
+
+
+# --- pose outputs -------------------------------------------------------------------------
+
+def pose_to_dataframe(pose: np.ndarray, bodyparts: list[str], scorer: str,
+                      index: np.ndarray | None = None) -> pd.DataFrame:
+    """A (frames, bodyparts, 3) pose array as DeepLabCut's output DataFrame
+    (columns scorer / bodyparts / coords = x, y, likelihood)."""
+    pose = np.asarray(pose, dtype=float)
+    if pose.ndim != 3 or pose.shape[1:] != (len(bodyparts), 3):
+        raise ValueError(f"pose has shape {pose.shape}; expected (frames, {len(bodyparts)}, 3).")
+    columns = pd.MultiIndex.from_product(
+        [[scorer], list(bodyparts), ["x", "y", "likelihood"]], names=["scorer", "bodyparts", "coords"]
+    )
+    return pd.DataFrame(pose.reshape(len(pose), -1), columns=columns, index=index)
+
+
+def read_dlc_output(path: str | Path) -> tuple[np.ndarray, list[str], str]:
+    """Read a DeepLabCut pose output (.h5 or .csv) as (pose (frames, bodyparts, 3), bodyparts,
+    scorer). Multi-animal outputs are not supported yet."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"DeepLabCut output not found: {path}. Check the path.")
+    try:
+        if path.suffix == ".h5":
+            frame = pd.read_hdf(path)
+        else:
+            frame = pd.read_csv(path, header=[0, 1, 2], index_col=0)
+    except Exception as error:  # pandas/pytables raise many kinds for a bad file
+        raise DLCFormatError(f"Cannot read {path} as a DeepLabCut output: {error}") from error
+    if frame.columns.nlevels != 3 or list(frame.columns.names)[-1] != "coords":
+        raise DLCFormatError(
+            f"{path} is not a single-animal DeepLabCut output (expected column levels "
+            f"scorer/bodyparts/coords, found {list(frame.columns.names)})."
+        )
+    scorer = str(frame.columns.get_level_values(0)[0])
+    bodyparts = list(dict.fromkeys(frame.columns.get_level_values(1)))
+    pose = np.stack(
+        [frame[scorer][bp][["x", "y", "likelihood"]].to_numpy(dtype=float) for bp in bodyparts], axis=1
+    )
+    return pose, bodyparts, scorer
+
+
+def write_dlc_output(path: str | Path, pose: np.ndarray, bodyparts: list[str], scorer: str) -> tuple[Path, Path]:
+    """Write a pose array as DeepLabCut output: ``<path>.h5`` (key ``df_with_missing``) and
+    ``<path>.csv``. Returns both paths."""
+    path = Path(path)
+    h5, csv_path = path.with_suffix(".h5"), path.with_suffix(".csv")
+    frame = pose_to_dataframe(pose, bodyparts, scorer)
+    frame.to_hdf(h5, key="df_with_missing", mode="w", format="table")
+    frame.to_csv(csv_path)
+    return h5, csv_path

@@ -1,0 +1,519 @@
+"""Schema ``model``: video recordings, models, evaluations and pose estimation.
+
+Upstream tables come from the linking module given to :func:`activate`: ``Session`` (one
+recording session) and ``Device`` (the camera), plus ``get_pose_root_data_dir()``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import datajoint as dj
+import numpy as np
+import pandas as pd
+
+from . import train
+from .hashing import canonical_json, sha256_file
+from .paths import to_full, to_relative
+
+logger = logging.getLogger(__name__)
+
+schema = dj.Schema()
+_linking_module = None
+
+TASK_MODES = ("trigger", "load")
+DEFAULT_PCUTOFF = 0.6
+
+
+def activate(
+    model_schema_name: str,
+    *,
+    train_schema_name: str | None = None,
+    create_schema: bool = True,
+    create_tables: bool = True,
+    linking_module: Any = None,
+) -> None:
+    """Activate the ``model`` schema (and ``train`` first when its name is given).
+
+    Parameters
+    ----------
+    model_schema_name : str
+        Database schema name for this module.
+    train_schema_name : str, optional
+        Schema name for :mod:`element_pose.train`, activated first if given.
+    linking_module : module or str
+        Provides ``Session``, ``Device`` and ``get_pose_root_data_dir()``.
+    """
+    global _linking_module
+    if isinstance(linking_module, str):
+        linking_module = importlib.import_module(linking_module)
+    for name in ("Session", "Device"):
+        if not hasattr(linking_module, name):
+            raise ValueError(f"The linking module must define the upstream table {name!r}.")
+    _linking_module = linking_module
+    if train_schema_name:
+        train.activate(train_schema_name, create_schema=create_schema,
+                       create_tables=create_tables, linking_module=linking_module)
+    schema.activate(model_schema_name, create_schema=create_schema,
+                    create_tables=create_tables, add_objects=linking_module.__dict__)
+
+
+def _root_dirs() -> list[str]:
+    fn = getattr(_linking_module, "get_pose_root_data_dir", None)
+    return list(fn()) if fn else []
+
+
+# --- recordings ----------------------------------------------------------------------------
+
+
+@schema
+class VideoRecording(dj.Manual):
+    """A video recording of a session by one camera; may span several files."""
+
+    definition = """
+    -> Session
+    recording_id: int16
+    ---
+    -> Device
+    recording_description='': varchar(1000)
+    """
+
+    class File(dj.Part):
+        definition = """
+        -> master
+        file_id: int16                # order of concatenation
+        ---
+        file_path: varchar(1000)      # relative to a root data directory (or absolute)
+        """
+
+    @classmethod
+    def add(cls, session_key: dict, recording_id: int, device_key: dict,
+            files: Sequence[str | Path] | str | Path, description: str = "") -> dict:
+        """Insert a recording and its files (checked to exist; stored relative to a root).
+
+        Returns the recording key; an identical existing recording is returned as is.
+        """
+        if isinstance(files, (str, Path)):
+            files = [files]
+        if not files:
+            raise ValueError("A recording needs at least one video file.")
+        if isinstance(recording_id, bool) or not isinstance(recording_id, (int, np.integer)):
+            raise TypeError(f"recording_id must be an int, got {recording_id!r}.")
+        full = [to_full(f, _root_dirs) for f in files]
+        relative = [to_relative(f, _root_dirs) for f in full]
+        session = (_linking_module.Session & session_key).keys()
+        if len(session) != 1:
+            raise ValueError(f"{session_key} matches {len(session)} sessions; give exactly one.")
+        session = session[0]
+        key = {**session, "recording_id": int(recording_id)}
+        if cls & key:
+            stored = [r["file_path"] for r in (cls.File & key).to_dicts(order_by="file_id")]
+            if stored == relative:
+                return key
+            raise ValueError(f"Recording {key} exists with other files {stored}; use a new recording_id.")
+        with cls.connection.transaction:
+            cls.insert1({**key, **device_key, "recording_description": description})
+            cls.File.insert({**key, "file_id": i, "file_path": p} for i, p in enumerate(relative))
+        return key
+
+    @classmethod
+    def file_paths(cls, key: dict) -> list[Path]:
+        """Full paths of the recording's files, in order (each checked to exist)."""
+        rows = (cls.File & key).to_dicts(order_by="file_id")
+        if not rows:
+            raise ValueError(f"Recording {key} has no files; add rows to VideoRecording.File.")
+        return [to_full(r["file_path"], _root_dirs) for r in rows]
+
+
+@schema
+class RecordingInfo(dj.Imported):
+    """What the video files hold: measured by decoding, not read from headers."""
+
+    definition = """
+    -> VideoRecording
+    ---
+    px_width: int32
+    px_height: int32
+    frame_count: int32                # frames that decode, all files together
+    fps: float64
+    duration: float64                 # seconds
+    timestamps: <npy@main>            # seconds from the first frame, one per frame
+    codec: varchar(16)
+    file_frame_counts: json           # frames per file, in order
+    """
+
+    def make(self, key: dict) -> None:
+        from .engine.video import VideoError, probe_video
+
+        infos = [probe_video(p, progress=True) for p in VideoRecording.file_paths(key)]
+        first = infos[0]
+        for info in infos[1:]:
+            if (info.width, info.height) != (first.width, first.height):
+                raise VideoError(
+                    f"{info.path} is {info.width}x{info.height} but {first.path} is "
+                    f"{first.width}x{first.height}; files of one recording must share a size."
+                )
+        stamps, offset = [], 0.0
+        for info in infos:
+            stamps.append(info.timestamps + offset)
+            offset = stamps[-1][-1] + 1.0 / info.fps
+        timestamps = np.concatenate(stamps)
+        self.insert1({
+            **key,
+            "px_width": first.width,
+            "px_height": first.height,
+            "frame_count": len(timestamps),
+            "fps": first.fps,
+            "duration": len(timestamps) / first.fps,
+            "timestamps": timestamps,
+            "codec": first.codec[:16],
+            "file_frame_counts": [i.frame_count for i in infos],
+        })
+
+
+# --- models ---------------------------------------------------------------------------------
+
+
+@schema
+class Model(dj.Manual):
+    """A trained network, immutable: its weights and their hash never change under a name."""
+
+    definition = """
+    model_name: varchar(64)
+    ---
+    model_description='': varchar(1000)
+    weights: <object@main>            # self-contained checkpoint
+    weights_sha256: char(64)
+    config: json                      # engine config it was trained with
+    bodyparts_sha256: char(64)        # order-free hash of its body parts
+    scorer: varchar(96)               # scorer name in DeepLabCut-style outputs
+    created_at=CURRENT_TIMESTAMP: datetime
+    """
+
+    class BodyPart(dj.Part):
+        definition = """
+        -> master
+        -> train.BodyPart
+        ---
+        part_index: int16             # output channel
+        """
+
+    class Training(dj.Part):
+        definition = """
+        # the training run that produced the model, when it came from one
+        -> master
+        -> train.ModelTraining
+        """
+
+    @classmethod
+    def from_training(cls, training_key: dict, name: str, description: str = "") -> dict:
+        """Register the model trained by a ``train.ModelTraining`` row under ``name``."""
+        row = (train.ModelTraining & training_key).fetch1()
+        path = train.fetch_weights(train.ModelTraining, training_key)
+        key = cls._register(path, name, description, provenance={
+            k: row[k] for k in train.ModelTraining.primary_key})
+        return key
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, name: str, description: str = "") -> dict:
+        """Register an external checkpoint file written by the bundled engine."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"Checkpoint not found: {path}.")
+        return cls._register(path, name, description, provenance=None)
+
+    @classmethod
+    def _register(cls, path: Path, name: str, description: str, provenance: dict | None) -> dict:
+        from .engine.predict import load_model
+
+        train._check_name(name, "name")
+        sha = sha256_file(path)
+        key = {"model_name": name}
+        if cls & key:
+            if (cls & key).fetch1("weights_sha256") == sha:
+                return key
+            raise ValueError(
+                f"Model {name!r} already exists with other weights; models are immutable. "
+                "Register the new weights under a new name."
+            )
+        try:
+            net = load_model(path, device="cpu")
+        except Exception as error:
+            raise ValueError(f"{path} is not a checkpoint of the bundled engine: {error}") from error
+        bodyparts = list(net.bodyparts)
+        with cls.connection.transaction:
+            train.BodyPart.insert(({"body_part": b} for b in bodyparts), skip_duplicates=True)
+            cls.insert1({**key, "model_description": description, "weights": str(path),
+                         "weights_sha256": sha, "config": net.config.to_dict(),
+                         "bodyparts_sha256": train.bodyparts_sha256(bodyparts),
+                         "scorer": f"element-pose_{name}"})
+            cls.BodyPart.insert({**key, "body_part": b, "part_index": i} for i, b in enumerate(bodyparts))
+            if provenance:
+                cls.Training.insert1({**key, **provenance})
+        return key
+
+    @classmethod
+    def bodyparts(cls, key: dict) -> list[str]:
+        """The model's body parts in output order."""
+        return [r["body_part"] for r in (cls.BodyPart & key).to_dicts(order_by="part_index")]
+
+    @classmethod
+    def load(cls, key: dict, device: str = "auto"):
+        """The engine's ``PoseModel`` for a stored model, its weights hash verified."""
+        from .engine.predict import load_model
+
+        path = train.fetch_weights(cls, key)
+        expected = (cls & key).fetch1("weights_sha256")
+        if sha256_file(path) != expected:
+            raise ValueError(f"Stored weights of {key} do not match their sha256; the store is corrupt.")
+        return load_model(path, device=device)
+
+
+@schema
+class ModelEvaluation(dj.Computed):
+    """A model's accuracy on a data split's train and test frames (errors in pixels)."""
+
+    definition = """
+    -> Model
+    -> train.DataSplit
+    ---
+    pcutoff: float64                  # confidence cut-off for the *_pcutoff figures
+    train_error_px=null: float64      # mean Euclidean error (what DeepLabCut calls RMSE)
+    test_error_px=null: float64
+    train_rmse_px=null: float64       # root mean squared Euclidean error
+    test_rmse_px=null: float64
+    train_error_pcutoff_px=null: float64
+    test_error_pcutoff_px=null: float64
+    test_median_error_px=null: float64
+    train_pck5=null: float64          # fraction of visible labels within 5 px
+    test_pck5=null: float64
+    train_pck10=null: float64
+    test_pck10=null: float64
+    """
+
+    class BodyPart(dj.Part):
+        definition = """
+        -> master
+        -> Model.BodyPart
+        ---
+        train_error_px=null: float64
+        test_error_px=null: float64
+        """
+
+    class Frame(dj.Part):
+        definition = """
+        -> master
+        -> train.DataSplit.Frame
+        ---
+        error_px=null: float64        # mean over visible labels
+        prediction: <blob>            # (bodyparts, 3): x, y, confidence
+        """
+
+    @property
+    def key_source(self):
+        # Only pairs whose body parts match: a model cannot be scored on other keypoints.
+        pairs = (Model.proj(model_bp="bodyparts_sha256") * train.DataSplit.proj()
+                 * train.LabeledDataset.proj(data_bp="bodyparts_sha256"))
+        return (pairs & "model_bp = data_bp").proj()
+
+    def make(self, key: dict) -> None:
+        from .engine.metrics import evaluate
+
+        dataset = {"dataset": key["dataset"]}
+        parts = Model.bodyparts(key)
+        data_parts = train.LabeledDataset.bodyparts(dataset)
+        if set(parts) != set(data_parts):
+            raise ValueError(f"Model {key['model_name']} predicts {parts} but dataset "
+                             f"{key['dataset']} is labeled with {data_parts}.")
+        net = Model.load(key)
+        pcutoff = float((Model & key).fetch1("config").get("pcutoff", DEFAULT_PCUTOFF))
+        order = [data_parts.index(p) for p in parts]
+        results, rows = {}, []
+        for subset in ("train", "test"):
+            ids = train.DataSplit.frame_ids(key, subset)
+            truth = train.LabeledDataset.keypoints(dataset, ids)[:, 0][:, order]
+            pred = net.predict_frames(train.LabeledDataset.images(dataset, ids, progress=True))
+            results[subset] = evaluate(pred, truth, pcutoff=pcutoff, pck_thresholds=(5.0, 10.0))
+            for i, frame_id in enumerate(ids):
+                err = results[subset]["per_frame_error_px"][i]
+                rows.append({**key, "frame_id": frame_id, "error_px": _num(err),
+                             "prediction": np.asarray(pred[i], dtype=np.float32)})
+        tr, te = results["train"], results["test"]
+        self.insert1({
+            **key,
+            "pcutoff": pcutoff,
+            "train_error_px": _num(tr["mean_error_px"]), "test_error_px": _num(te["mean_error_px"]),
+            "train_rmse_px": _num(tr["rmse_px"]), "test_rmse_px": _num(te["rmse_px"]),
+            "train_error_pcutoff_px": _num(tr["mean_error_pcutoff_px"]),
+            "test_error_pcutoff_px": _num(te["mean_error_pcutoff_px"]),
+            "test_median_error_px": _num(te["median_error_px"]),
+            "train_pck5": _num(tr["pck"][5.0]), "test_pck5": _num(te["pck"][5.0]),
+            "train_pck10": _num(tr["pck"][10.0]), "test_pck10": _num(te["pck"][10.0]),
+        })
+        self.BodyPart.insert(
+            {**key, "body_part": p, "train_error_px": _num(tr["per_bodypart_error_px"][k]),
+             "test_error_px": _num(te["per_bodypart_error_px"][k])}
+            for k, p in enumerate(parts)
+        )
+        self.Frame.insert(rows)
+
+
+def _num(value) -> float | None:
+    """A float for the database, None for NaN/missing."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+# --- pose estimation ----------------------------------------------------------------------
+
+
+@schema
+class PoseEstimationTask(dj.Manual):
+    """Run a model on a recording (``trigger``) or import an existing DeepLabCut output (``load``)."""
+
+    definition = """
+    -> RecordingInfo
+    -> Model
+    ---
+    task_mode='trigger': varchar(8)   # trigger | load
+    output_path='': varchar(1000)     # load: DeepLabCut .h5/.csv, relative to a root data dir
+    inference_params=null: json       # e.g. {"batch_size": 8}
+    """
+
+    @classmethod
+    def add(cls, recording_key: dict, model_key: dict, mode: str = "trigger",
+            output_path: str | Path | None = None, batch_size: int = 8) -> dict:
+        """Insert a task after checking its arguments; returns its key."""
+        if mode not in TASK_MODES:
+            raise ValueError(f"mode must be one of {TASK_MODES}, got {mode!r}.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise TypeError(f"batch_size must be a positive int, got {batch_size!r}.")
+        if not RecordingInfo & recording_key:
+            raise ValueError(f"No RecordingInfo for {recording_key}; run RecordingInfo.populate() first.")
+        relative = ""
+        if mode == "load":
+            if output_path is None:
+                raise ValueError("mode='load' needs output_path, the DeepLabCut .h5 to import.")
+            relative = to_relative(to_full(output_path, _root_dirs), _root_dirs)
+        key = {**(RecordingInfo & recording_key).keys()[0], "model_name": (Model & model_key).fetch1("model_name")}
+        cls.insert1({**key, "task_mode": mode, "output_path": relative,
+                     "inference_params": {"batch_size": batch_size}}, skip_duplicates=True)
+        return key
+
+
+@schema
+class PoseEstimation(dj.Computed):
+    """Body-part trajectories of a recording, aligned to ``RecordingInfo.timestamps``."""
+
+    definition = """
+    -> PoseEstimationTask
+    ---
+    frame_count: int32
+    analysis_seconds: float64         # wall time of the network run (0 for load)
+    frames_per_second=null: float64   # analysis speed
+    device='': varchar(32)
+    pose_estimation_time=CURRENT_TIMESTAMP: datetime
+    """
+
+    class BodyPartPosition(dj.Part):
+        definition = """
+        -> master
+        -> Model.BodyPart
+        ---
+        x: <npy@main>                 # pixels, one per frame (NaN = not found)
+        y: <npy@main>
+        likelihood: <npy@main>        # 0..1
+        """
+
+    def make_fetch(self, key: dict) -> tuple:
+        task = (PoseEstimationTask & key).fetch1()
+        files = tuple(r["file_path"] for r in (VideoRecording.File & key).to_dicts(order_by="file_id"))
+        return (task["task_mode"], task["output_path"], canonical_json(task["inference_params"] or {}),
+                files, int((RecordingInfo & key).fetch1("frame_count")),
+                (Model & key).fetch1("weights_sha256"), tuple(Model.bodyparts(key)))
+
+    def make_compute(self, key, mode, output_path, params_json, files, frame_count, _sha, bodyparts):
+        params = json.loads(params_json)
+        if mode == "load":
+            from .io.dlc import read_dlc_output
+
+            path = to_full(output_path, _root_dirs)
+            pose, file_parts, _ = read_dlc_output(path)
+            if set(file_parts) != set(bodyparts):
+                raise ValueError(f"{path} has body parts {file_parts}; model {key['model_name']} "
+                                 f"has {list(bodyparts)}. Load it with a model of the same parts.")
+            if len(pose) != frame_count:
+                raise ValueError(f"{path} has {len(pose)} frames but the recording has {frame_count}; "
+                                 "it belongs to another video or was cut.")
+            pose = pose[:, [file_parts.index(p) for p in bodyparts]]
+            return pose, 0.0, None, "file"
+        if mode != "trigger":
+            raise ValueError(f"Unknown task_mode {mode!r}; use one of {TASK_MODES}.")
+        paths = [to_full(f, _root_dirs) for f in files]
+        net = Model.load(key)
+        started = time.perf_counter()
+        pose, stats = net.predict_video(paths, batch_size=int(params.get("batch_size", 8)), progress=True)
+        seconds = time.perf_counter() - started
+        if len(pose) != frame_count:
+            raise ValueError(f"Decoded {len(pose)} frames but RecordingInfo says {frame_count}; "
+                             "the video files changed since RecordingInfo was populated.")
+        return np.asarray(pose, dtype=np.float64), seconds, float(stats.get("fps", len(pose) / seconds)), net.device
+
+    def make_insert(self, key, pose, seconds, fps, device) -> None:
+        self.insert1({**key, "frame_count": len(pose), "analysis_seconds": seconds,
+                      "frames_per_second": fps, "device": str(device)[:32]})
+        self.BodyPartPosition.insert(
+            {**key, "body_part": part, "x": pose[:, k, 0].copy(), "y": pose[:, k, 1].copy(),
+             "likelihood": pose[:, k, 2].copy()}
+            for k, part in enumerate(Model.bodyparts(key))
+        )
+
+    @classmethod
+    def pose_array(cls, key: dict) -> tuple[np.ndarray, list[str]]:
+        """(frames, bodyparts, 3) array and body-part names of one pose estimation."""
+        key = (cls & key).keys()
+        if len(key) != 1:
+            raise ValueError(f"Expected one PoseEstimation row, found {len(key)}; restrict the key.")
+        key = key[0]
+        parts = Model.bodyparts(key)
+        rows = {r["body_part"]: r for r in (cls.BodyPartPosition & key).to_dicts()}
+        pose = np.stack([np.stack([np.asarray(rows[p][c]) for c in ("x", "y", "likelihood")], axis=-1)
+                         for p in parts], axis=1)
+        return pose, parts
+
+    @classmethod
+    def get_trajectory(cls, key: dict, body_parts: Sequence[str] | None = None) -> pd.DataFrame:
+        """Trajectories in DeepLabCut's layout (columns scorer / bodyparts / coords) plus a
+        ``time`` column (seconds, from ``RecordingInfo.timestamps``); one row per frame."""
+        from .io.dlc import pose_to_dataframe
+
+        pose, parts = cls.pose_array(key)
+        if body_parts is not None:
+            unknown = sorted(set(body_parts) - set(parts))
+            if unknown:
+                raise ValueError(f"Unknown body parts {unknown}; this model has {parts}.")
+            pose = pose[:, [parts.index(p) for p in body_parts]]
+            parts = list(body_parts)
+        scorer = (Model & key).fetch1("scorer")
+        frame = pose_to_dataframe(pose, parts, scorer, index=pd.RangeIndex(len(pose), name="frame"))
+        frame.insert(0, ("time", "", ""), np.asarray((RecordingInfo & key).fetch1("timestamps")))
+        return frame
+
+    @classmethod
+    def export_dlc(cls, key: dict, path: str | Path) -> tuple[Path, Path]:
+        """Write DeepLabCut-format ``.h5`` (key ``df_with_missing``) and ``.csv`` files."""
+        from .io.dlc import write_dlc_output
+
+        pose, parts = cls.pose_array(key)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return write_dlc_output(path, pose, parts, (Model & key).fetch1("scorer"))
+

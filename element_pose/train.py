@@ -1,0 +1,576 @@
+"""Schema ``train``: body parts, labeled datasets, data splits, training parameters and runs.
+
+Activate with :func:`element_pose.activate` (or :func:`activate` here) and a linking module that
+provides ``get_pose_root_data_dir()`` (root data directories) and optionally
+``get_pose_processed_data_dir()``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import datajoint as dj
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import db
+from .hashing import canonical_json, sha256_bytes, sha256_file, sha256_json
+from .io.labels import LabeledData
+from .paths import to_relative
+
+logger = logging.getLogger(__name__)
+
+schema = dj.Schema()
+_linking_module = None
+
+
+def activate(
+    schema_name: str,
+    *,
+    create_schema: bool = True,
+    create_tables: bool = True,
+    linking_module: Any = None,
+) -> None:
+    """Activate the ``train`` schema.
+
+    Parameters
+    ----------
+    schema_name : str
+        Database schema name.
+    linking_module : module or str, optional
+        Module (or its name) providing ``get_pose_root_data_dir()``.
+    """
+    global _linking_module
+    if isinstance(linking_module, str):
+        linking_module = importlib.import_module(linking_module)
+    _linking_module = linking_module
+    schema.activate(
+        schema_name,
+        create_schema=create_schema,
+        create_tables=create_tables,
+        add_objects=linking_module.__dict__ if linking_module else None,
+    )
+
+
+def get_pose_root_data_dir() -> list[str]:
+    """Root data directories from the linking module (empty when it defines none)."""
+    fn = getattr(_linking_module, "get_pose_root_data_dir", None)
+    return list(fn()) if fn else []
+
+
+def get_pose_processed_data_dir() -> Path:
+    """Folder for work files (training checkpoints); the linking module may override it."""
+    fn = getattr(_linking_module, "get_pose_processed_data_dir", None)
+    path = Path(fn()) if fn else db.home() / "processed"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _check_name(value: Any, what: str, max_len: int = 64) -> str:
+    if not isinstance(value, str) or not value or len(value) > max_len:
+        raise TypeError(f"{what} must be a non-empty string of at most {max_len} characters, got {value!r}.")
+    return value
+
+
+# --- body parts and labeled data -----------------------------------------------------------
+
+
+@schema
+class BodyPart(dj.Lookup):
+    """A named body part (keypoint) shared across datasets and models."""
+
+    definition = """
+    body_part: varchar(64)
+    ---
+    body_part_description='': varchar(1000)
+    """
+
+
+@schema
+class LabeledDataset(dj.Manual):
+    """Human-labeled frames: images in the object store, keypoints in rows."""
+
+    definition = """
+    dataset: varchar(64)              # short unique name
+    ---
+    source_format: varchar(16)        # dlc | sleap | generated
+    source_path: varchar(1000)        # where it was imported from (relative to a root when possible)
+    scorer='': varchar(64)
+    frame_count: int32
+    bodyparts_sha256: char(64)        # sha256 of the sorted body-part names; matches models to data
+    content_sha256: char(64)          # sha256 of labels + image bytes; detects re-imports
+    skeleton: json                    # list of [body_part, body_part] edges
+    dataset_description='': varchar(1000)
+    """
+
+    class BodyPart(dj.Part):
+        definition = """
+        -> master
+        -> BodyPart
+        ---
+        part_index: int16             # position on the keypoint axis
+        """
+
+    class Individual(dj.Part):
+        definition = """
+        -> master
+        individual: varchar(32)
+        ---
+        individual_index: int16
+        """
+
+    class Frame(dj.Part):
+        definition = """
+        -> master
+        frame_id: int32               # position in the dataset, 0-based
+        ---
+        frame_name: varchar(255)      # e.g. labeled-data/m4s1/img0001.png
+        image: <object@main>          # PNG/JPEG bytes as labeled
+        image_sha256: char(64)
+        width: int32
+        height: int32
+        source_video='': varchar(255)
+        source_frame_index=null: int32
+        """
+
+    class Label(dj.Part):
+        definition = """
+        -> master.Frame
+        -> master.Individual
+        -> master.BodyPart
+        ---
+        x=null: float64               # pixels; NULL = not visible
+        y=null: float64
+        """
+
+    # -- import ------------------------------------------------------------------------------
+
+    @classmethod
+    def import_dlc(cls, project_dir: str | Path, name: str, description: str = "") -> dict:
+        """Import a DeepLabCut project's labeled frames.
+
+        Parameters
+        ----------
+        project_dir : str or Path
+            Folder with config.yaml and labeled-data/*/CollectedData_*.csv (or .h5).
+        name : str
+            Dataset name (primary key).
+        description : str
+
+        Returns
+        -------
+        dict
+            The dataset key. Importing the same content under the same name again is a no-op
+            that logs so and returns the existing key.
+        """
+        from .io.dlc import read_dlc_project
+
+        _check_name(name, "name")
+        data = read_dlc_project(project_dir)
+        return cls.import_labels(data, name, source_format="dlc", description=description)
+
+    @classmethod
+    def import_sleap(cls, path: str | Path, name: str, description: str = "",
+                     frames: Sequence[int] | slice | None = None) -> dict:
+        """Import labels from a SLEAP ``.slp`` file (individuals and tracks kept).
+
+        ``frames`` selects a subset of the labeled frames (positions in the file).
+        """
+        from .io.sleap import read_sleap
+
+        _check_name(name, "name")
+        data = read_sleap(path, frames=frames)
+        return cls.import_labels(data, name, source_format="sleap", description=description)
+
+    @classmethod
+    def import_labels(cls, data: LabeledData, name: str, source_format: str = "generated",
+                      description: str = "") -> dict:
+        """Insert a :class:`LabeledData` in one transaction (all rows or none)."""
+        _check_name(name, "name")
+        key = {"dataset": name}
+        blobs = []
+        for frame in tqdm(data.frames, desc=f"read {name} frames", unit="frame", leave=False):
+            blobs.append(_encode_frame(frame))
+        content = sha256_json({
+            "bodyparts": data.bodyparts,
+            "individuals": data.individuals,
+            "frames": [f.name for f in data.frames],
+            "images": [sha for _, sha, _, _ in blobs],
+            "keypoints": np.round(np.nan_to_num(data.keypoints, nan=-1.0), 6).tolist(),
+        })
+        existing = cls & key
+        if existing:
+            if existing.fetch1("content_sha256") == content:
+                logger.warning("Dataset %r is already imported with the same labels; nothing to do.", name)
+                return key
+            raise ValueError(
+                f"A different dataset named {name!r} already exists. Choose another name, or "
+                f"delete the old one first: (LabeledDataset & {key}).delete()."
+            )
+
+        source = to_relative(data.source, get_pose_root_data_dir) if data.source else ""
+        conn = cls.connection
+        with conn.transaction:
+            BodyPart.insert(({"body_part": b} for b in data.bodyparts), skip_duplicates=True)
+            cls.insert1({
+                **key,
+                "source_format": source_format,
+                "source_path": source,
+                "scorer": data.scorer[:64],
+                "frame_count": len(data),
+                "bodyparts_sha256": bodyparts_sha256(data.bodyparts),
+                "content_sha256": content,
+                "skeleton": [list(edge) for edge in data.skeleton],
+                "dataset_description": description,
+            })
+            cls.BodyPart.insert({**key, "body_part": b, "part_index": i} for i, b in enumerate(data.bodyparts))
+            cls.Individual.insert(
+                {**key, "individual": ind, "individual_index": i} for i, ind in enumerate(data.individuals)
+            )
+            cls.Frame.insert(
+                {
+                    **key,
+                    "frame_id": i,
+                    "frame_name": frame.name,
+                    "image": (ext, payload),
+                    "image_sha256": sha,
+                    "width": width,
+                    "height": height,
+                    "source_video": frame.source_video or (Path(frame.video_path).name if frame.video_path else ""),
+                    "source_frame_index": frame.frame_index,
+                }
+                for i, (frame, (payload, sha, (width, height), ext)) in enumerate(zip(data.frames, blobs))
+            )
+            rows = []
+            for i in range(len(data)):
+                for j, ind in enumerate(data.individuals):
+                    for k, part in enumerate(data.bodyparts):
+                        x, y = data.keypoints[i, j, k]
+                        visible = bool(np.isfinite(x) and np.isfinite(y))
+                        rows.append({**key, "frame_id": i, "individual": ind, "body_part": part,
+                                     "x": float(x) if visible else None, "y": float(y) if visible else None})
+            cls.Label.insert(rows)
+        logger.info("Imported dataset %r: %d frames, %d body parts.", name, len(data), len(data.bodyparts))
+        return key
+
+    # -- read back ---------------------------------------------------------------------------
+
+    @classmethod
+    def bodyparts(cls, key: dict) -> list[str]:
+        """Body parts of a dataset in keypoint-axis order."""
+        rows = (cls.BodyPart & key).to_dicts(order_by="part_index")
+        return [r["body_part"] for r in rows]
+
+    @classmethod
+    def individuals(cls, key: dict) -> list[str]:
+        """Individuals of a dataset in order."""
+        return [r["individual"] for r in (cls.Individual & key).to_dicts(order_by="individual_index")]
+
+    @classmethod
+    def keypoints(cls, key: dict, frame_ids: Sequence[int] | None = None) -> np.ndarray:
+        """Labels as float array (frames, individuals, bodyparts, 2), NaN = not visible.
+
+        Frames are ordered as ``frame_ids`` (default: all, by frame id).
+        """
+        key = {"dataset": (cls & key).fetch1("dataset")}
+        parts = cls.bodyparts(key)
+        inds = cls.individuals(key)
+        if frame_ids is None:
+            frame_ids = [r["frame_id"] for r in (cls.Frame & key).to_dicts(order_by="frame_id")]
+        position = {f: i for i, f in enumerate(frame_ids)}
+        out = np.full((len(frame_ids), len(inds), len(parts), 2), np.nan)
+        part_index = {p: i for i, p in enumerate(parts)}
+        ind_index = {p: i for i, p in enumerate(inds)}
+        for row in (cls.Label & key).to_dicts():
+            i = position.get(row["frame_id"])
+            if i is None or row["x"] is None or row["y"] is None:
+                continue
+            out[i, ind_index[row["individual"]], part_index[row["body_part"]]] = (row["x"], row["y"])
+        return out
+
+    @classmethod
+    def images(cls, key: dict, frame_ids: Sequence[int], progress: bool = False) -> list[np.ndarray]:
+        """Decoded RGB images of the given frames, in that order."""
+        key = {"dataset": (cls & key).fetch1("dataset")}
+        refs = {r["frame_id"]: r["image"] for r in (cls.Frame & key).to_dicts()}
+        images = []
+        for frame_id in tqdm(frame_ids, desc="load images", unit="frame", disable=not progress, leave=False):
+            buffer = np.frombuffer(refs[frame_id].read(), dtype=np.uint8)
+            images.append(cv2.cvtColor(cv2.imdecode(buffer, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB))
+        return images
+
+
+def bodyparts_sha256(bodyparts: Sequence[str]) -> str:
+    """Order-free hash of a body-part set, used to match models with datasets."""
+    return sha256_json(sorted(bodyparts))
+
+
+def _encode_frame(frame) -> tuple[bytes, str, tuple[int, int], str]:
+    """(bytes, sha256, (width, height), extension) of a frame image; PNG/JPEG files are kept
+    byte for byte, video frames are encoded losslessly as PNG."""
+    if frame.image_path is not None:
+        path = Path(frame.image_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"Labeled image missing: {path}. Restore it or drop its labels.")
+        payload = path.read_bytes()
+        image = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
+        if image is None:
+            raise ValueError(f"{path} is not a readable image (corrupt or wrong format). Re-export it.")
+        ext = path.suffix.lower() or ".png"
+    else:
+        rgb = frame.read()
+        image = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+        ok, encoded = cv2.imencode(".png", image)
+        if not ok:
+            raise ValueError(f"Cannot encode frame {frame.name} as PNG.")
+        payload, ext = encoded.tobytes(), ".png"
+    height, width = image.shape[:2]
+    return payload, sha256_bytes(payload), (width, height), ext
+
+
+# --- data splits --------------------------------------------------------------------------
+
+
+@schema
+class DataSplit(dj.Manual):
+    """A train/test assignment of a dataset's frames."""
+
+    definition = """
+    -> LabeledDataset
+    split_id: int16
+    ---
+    split_method: varchar(16)         # random | lists
+    test_fraction: float64
+    seed=null: int32
+    split_sha256: char(64)            # hash of the sorted train and test frame names
+    """
+
+    class Frame(dj.Part):
+        definition = """
+        -> master
+        -> LabeledDataset.Frame
+        ---
+        subset: varchar(5)            # train | test
+        """
+
+    @classmethod
+    def random(cls, dataset_key: dict, test_fraction: float = 0.2, seed: int = 0) -> dict:
+        """Split a dataset at random; returns the split key (an existing identical split's key
+        when there is one)."""
+        if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)):
+            raise TypeError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}.")
+        if not 0 < test_fraction < 1:
+            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}.")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {seed!r}.")
+        names = cls._frame_names(dataset_key)
+        order = np.random.default_rng(seed).permutation(len(names))
+        n_test = max(1, int(round(test_fraction * len(names))))
+        if n_test >= len(names):
+            raise ValueError(f"{len(names)} frames are too few to hold out {test_fraction:.0%} for testing.")
+        test = [names[i] for i in order[:n_test]]
+        train = [names[i] for i in order[n_test:]]
+        return cls._insert_split(dataset_key, train, test, "random", seed)
+
+    @classmethod
+    def from_lists(cls, dataset_key: dict, train: Sequence[str], test: Sequence[str]) -> dict:
+        """Split by explicit frame names (image paths as in the DLC CSV); returns the split key."""
+        return cls._insert_split(dataset_key, list(train), list(test), "lists", None)
+
+    @classmethod
+    def from_split_json(cls, dataset_key: dict, path: str | Path) -> dict:
+        """Split from a ``split.json`` file holding ``{"train": [...], "test": [...]}``."""
+        import json
+
+        spec = json.loads(Path(path).read_text())
+        if not isinstance(spec, dict) or not {"train", "test"} <= set(spec):
+            raise ValueError(f"{path} must hold a JSON object with 'train' and 'test' lists.")
+        return cls.from_lists(dataset_key, spec["train"], spec["test"])
+
+    @classmethod
+    def _frame_names(cls, dataset_key: dict) -> list[str]:
+        frames = (LabeledDataset.Frame & dataset_key).to_dicts(order_by="frame_id")
+        if not frames:
+            raise ValueError(f"No labeled dataset {dataset_key}; import it first.")
+        return [f["frame_name"] for f in frames]
+
+    @classmethod
+    def _insert_split(cls, dataset_key: dict, train: list[str], test: list[str], method: str,
+                      seed: int | None) -> dict:
+        dataset = {"dataset": (LabeledDataset & dataset_key).fetch1("dataset")}
+        frames = {f["frame_name"]: f["frame_id"] for f in (LabeledDataset.Frame & dataset).to_dicts()}
+        for label, names in (("train", train), ("test", test)):
+            if not all(isinstance(n, str) for n in names):
+                raise TypeError(f"{label} must be a list of frame names (str).")
+            unknown = [n for n in names if n not in frames]
+            if unknown:
+                raise ValueError(
+                    f"{len(unknown)} {label} frame(s) are not in dataset {dataset['dataset']!r}, "
+                    f"e.g. {unknown[:3]}. Use names as in LabeledDataset.Frame.frame_name."
+                )
+        overlap = sorted(set(train) & set(test))
+        if overlap:
+            raise ValueError(f"{len(overlap)} frame(s) are in both train and test, e.g. {overlap[:3]}.")
+        if not train or not test:
+            raise ValueError("A split needs at least one train and one test frame.")
+        digest = sha256_json({"train": sorted(train), "test": sorted(test)})
+        same = cls & dataset & {"split_sha256": digest}
+        if same:
+            return same.keys(order_by="split_id")[0]
+        ids = (cls & dataset).to_arrays("split_id")
+        key = {**dataset, "split_id": int(max(ids, default=-1)) + 1}
+        with cls.connection.transaction:
+            cls.insert1({**key, "split_method": method, "test_fraction": len(test) / (len(train) + len(test)),
+                         "seed": seed, "split_sha256": digest})
+            cls.Frame.insert(
+                [{**key, "frame_id": frames[n], "subset": "train"} for n in train]
+                + [{**key, "frame_id": frames[n], "subset": "test"} for n in test]
+            )
+        return key
+
+    @classmethod
+    def frame_ids(cls, split_key: dict, subset: str) -> list[int]:
+        """Frame ids of ``subset`` ('train' or 'test'), sorted."""
+        if subset not in ("train", "test"):
+            raise ValueError(f"subset must be 'train' or 'test', got {subset!r}.")
+        rows = (cls.Frame & split_key & {"subset": subset}).to_dicts(order_by="frame_id")
+        return [r["frame_id"] for r in rows]
+
+
+# --- training ----------------------------------------------------------------------------
+
+
+@schema
+class TrainingParamSet(dj.Lookup):
+    """Engine training parameters, validated and deduplicated by content."""
+
+    definition = """
+    paramset_id: int16
+    ---
+    paramset_description='': varchar(1000)
+    params: json                      # full engine config (defaults filled in)
+    params_sha256: char(64)           # sha256 of the canonical JSON
+    unique index (params_sha256)
+    """
+
+    @classmethod
+    def insert_new_params(cls, params: dict, paramset_id: int | None = None,
+                          description: str = "") -> dict:
+        """Validate ``params`` with the engine config and insert them.
+
+        Returns the key. The same parameters under the same id are a no-op; under another id
+        they raise an error naming the id that already holds them.
+        """
+        from .engine.config import EngineConfig
+
+        if not isinstance(params, dict):
+            raise TypeError(f"params must be a dict, got {type(params).__name__}.")
+        config = EngineConfig.from_dict(params)
+        full = config.to_dict()
+        digest = sha256_json(full)
+        holder = (cls & {"params_sha256": digest}).keys()
+        if holder:
+            if paramset_id is None or holder[0]["paramset_id"] == paramset_id:
+                return holder[0]
+            raise ValueError(
+                f"These parameters are already stored as paramset_id={holder[0]['paramset_id']}; "
+                f"use that id instead of {paramset_id}."
+            )
+        if paramset_id is None:
+            paramset_id = int(max(cls.to_arrays("paramset_id"), default=-1)) + 1
+        if isinstance(paramset_id, bool) or not isinstance(paramset_id, int):
+            raise TypeError(f"paramset_id must be an int, got {paramset_id!r}.")
+        if cls & {"paramset_id": paramset_id}:
+            raise ValueError(f"paramset_id={paramset_id} already holds other parameters; pick a new id.")
+        cls.insert1({"paramset_id": paramset_id, "paramset_description": description,
+                     "params": full, "params_sha256": digest})
+        return {"paramset_id": paramset_id}
+
+
+@schema
+class TrainingTask(dj.Manual):
+    """A request to train: data split × parameter set × run."""
+
+    definition = """
+    -> DataSplit
+    -> TrainingParamSet
+    run_id=0: int16                   # repeat runs (e.g. other seeds)
+    ---
+    task_description='': varchar(1000)
+    """
+
+
+@schema
+class ModelTraining(dj.Computed):
+    """A training run of the bundled engine. Trains outside any database transaction."""
+
+    definition = """
+    -> TrainingTask
+    ---
+    weights: <object@main>            # self-contained checkpoint (.pt)
+    weights_sha256: char(64)
+    learning_curve: <npy@main>        # (n, 2): iteration, loss
+    iterations: int32
+    train_seconds: float64
+    device: varchar(32)
+    versions: json                    # library versions used
+    trained_at=CURRENT_TIMESTAMP: datetime
+    """
+
+    def make_fetch(self, key: dict) -> tuple:
+        params = (TrainingParamSet & key).fetch1("params")
+        dataset = {"dataset": (DataSplit & key).fetch1("dataset")}
+        frame_ids = DataSplit.frame_ids(key, "train")
+        keypoints = LabeledDataset.keypoints(dataset, frame_ids)
+        shas = {r["frame_id"]: r["image_sha256"] for r in (LabeledDataset.Frame & dataset).to_dicts()}
+        return (canonical_json(params), tuple(LabeledDataset.bodyparts(dataset)), tuple(frame_ids),
+                keypoints, tuple(shas[f] for f in frame_ids))
+
+    def make_compute(self, key, params_json, bodyparts, frame_ids, keypoints, _image_shas) -> tuple:
+        import json
+
+        from .engine.config import EngineConfig
+        from .engine.train import train
+
+        if keypoints.shape[1] != 1:
+            raise NotImplementedError(
+                f"Dataset has {keypoints.shape[1]} individuals; the bundled engine trains "
+                "single-animal models only for now."
+            )
+        dataset = {"dataset": (DataSplit & key).fetch1("dataset")}
+        images = LabeledDataset.images(dataset, frame_ids, progress=True)
+        config = EngineConfig.from_dict(json.loads(params_json))
+        workdir = get_pose_processed_data_dir() / "training" / sha256_json(_plain(key))[:16]
+        result = train(images, keypoints[:, 0], list(bodyparts), config, workdir=workdir, progress=True)
+        return (str(result.checkpoint_path), sha256_file(result.checkpoint_path),
+                np.asarray(result.learning_curve, dtype=np.float64), int(result.iterations),
+                float(result.train_seconds), str(result.device), dict(result.versions))
+
+    def make_insert(self, key, weights_path, sha, curve, iterations, seconds, device, versions) -> None:
+        self.insert1({**key, "weights": weights_path, "weights_sha256": sha, "learning_curve": curve,
+                      "iterations": iterations, "train_seconds": seconds, "device": device,
+                      "versions": versions})
+
+
+def _plain(key: dict) -> dict:
+    """A key with numpy scalars turned into Python values (for hashing)."""
+    return {k: (v.item() if hasattr(v, "item") else v) for k, v in key.items()}
+
+
+def fetch_weights(table: dj.Table, key: dict, attribute: str = "weights") -> Path:
+    """Copy a stored checkpoint to a local temporary file and return its path."""
+    ref = (table & key).fetch1(attribute)
+    target = Path(tempfile.mkdtemp(prefix="element_pose_")) / "weights.pt"
+    target.write_bytes(ref.read())
+    return target
+
+
+__all__ = [name for name, obj in globals().items()
+           if inspect.isclass(obj) and issubclass(obj, dj.Table) and obj.__module__ == __name__]

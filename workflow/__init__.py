@@ -1,0 +1,1 @@
+"""A runnable sample pipeline: lab tables, the Element activated beside them, and the demo."""
