@@ -138,3 +138,12 @@ def connect(reset: bool = False) -> ConnectionInfo:
         store_location=location,
         schema_prefix=schema_prefix(),
     )
+
+
+def stop_embedded_on_exit() -> None:
+    """Stop the embedded server when this process exits (tests, throw-away homes).
+
+    By default the server keeps running after exit so the next process starts instantly.
+    """
+    if _embedded_server is not None:
+        _embedded_server.cleanup_mode = "stop"

@@ -1,0 +1,164 @@
+"""A synthetic but realistic sample: a mouse-like animal walking over a textured arena,
+rendered to a video with ground-truth keypoints, and a DeepLabCut project of labeled frames.
+
+Used by the demo and the tests so that neither downloads anything.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import yaml
+
+BODYPARTS = ["snout", "leftear", "rightear", "tailbase"]
+SKELETON = [("snout", "leftear"), ("snout", "rightear"), ("leftear", "tailbase"), ("rightear", "tailbase")]
+
+
+@dataclass
+class Sample:
+    """Paths and ground truth of a generated sample."""
+
+    video_path: Path
+    project_dir: Path
+    keypoints: np.ndarray  # (frames, bodyparts, 2) ground truth for every video frame
+    labeled_frames: list[int]
+    fps: float
+
+    @property
+    def bodyparts(self) -> list[str]:
+        return list(BODYPARTS)
+
+
+def _arena(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+    """A textured floor: smooth noise, a faint grid and a darker wall band (BGR uint8)."""
+    noise = rng.normal(0, 1, (height // 8 + 1, width // 8 + 1)).astype(np.float32)
+    noise = cv2.resize(noise, (width, height), interpolation=cv2.INTER_CUBIC)
+    fine = cv2.GaussianBlur(rng.normal(0, 1, (height, width)).astype(np.float32), (0, 0), 1.2)
+    floor = 170 + 18 * noise + 8 * fine
+    floor[:, ::24] -= 25
+    floor[::24, :] -= 25
+    wall = max(4, min(width, height) // 20)
+    floor[:wall], floor[-wall:], floor[:, :wall], floor[:, -wall:] = 90, 90, 90, 90
+    floor = np.clip(floor, 0, 255).astype(np.uint8)
+    tint = np.stack([floor, (floor * 0.97).astype(np.uint8), (floor * 0.92).astype(np.uint8)], axis=-1)
+    return tint
+
+
+def _path(n: int, width: int, height: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Smooth random walk of the body centre, kept inside the arena; returns centres and headings."""
+    margin = 0.2 * min(width, height)
+    pos = np.array([width / 2, height / 2], dtype=float)
+    heading = rng.uniform(0, 2 * np.pi)
+    speed = 0.012 * min(width, height)
+    centres, headings = [], []
+    for _ in range(n):
+        heading += rng.normal(0, 0.12)
+        nxt = pos + speed * np.array([np.cos(heading), np.sin(heading)])
+        if not (margin < nxt[0] < width - margin and margin < nxt[1] < height - margin):
+            # turn towards the centre when near a wall
+            to_centre = np.array([width / 2, height / 2]) - pos
+            heading = np.arctan2(to_centre[1], to_centre[0]) + rng.normal(0, 0.3)
+            nxt = pos + speed * np.array([np.cos(heading), np.sin(heading)])
+        pos = nxt
+        centres.append(pos.copy())
+        headings.append(heading)
+    return np.asarray(centres), np.asarray(headings)
+
+
+def render_frame(background: np.ndarray, centre: np.ndarray, heading: float, scale: float,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Draw the animal on a copy of ``background``; return (BGR frame, keypoints (4, 2))."""
+    frame = background.copy()
+    fwd = np.array([np.cos(heading), np.sin(heading)])
+    side = np.array([-fwd[1], fwd[0]])
+    body_len, body_w = 1.0 * scale, 0.45 * scale
+    head = centre + fwd * 0.55 * scale
+    snout = centre + fwd * 0.95 * scale
+    ears = [head + side * 0.2 * scale - fwd * 0.05 * scale, head - side * 0.2 * scale - fwd * 0.05 * scale]
+    tailbase = centre - fwd * 0.55 * scale
+    tail_tip = tailbase - fwd * 0.9 * scale + side * 0.25 * scale * np.sin(heading * 3)
+    angle = np.degrees(heading)
+    shade = (60, 58, 55)
+    shift = 4  # sub-pixel drawing precision (1/16 px)
+
+    def pt(p: np.ndarray) -> tuple[int, int]:
+        return int(round(p[0] * (1 << shift))), int(round(p[1] * (1 << shift)))
+
+    def axes(a: float, b: float) -> tuple[int, int]:
+        return int(a * (1 << shift)), int(b * (1 << shift))
+
+    shadow = frame.copy()
+    cv2.ellipse(shadow, pt(centre + np.array([2, 3])), axes(body_len * 0.6, body_w * 0.6), angle, 0, 360,
+                (40, 40, 40), -1, cv2.LINE_AA, shift)
+    frame = cv2.addWeighted(shadow, 0.35, frame, 0.65, 0)
+    cv2.line(frame, pt(tailbase), pt(tail_tip), (120, 110, 150), max(1, int(scale * 0.07)), cv2.LINE_AA, shift)
+    cv2.ellipse(frame, pt(centre), axes(body_len * 0.6, body_w * 0.5), angle, 0, 360, shade, -1, cv2.LINE_AA, shift)
+    cv2.ellipse(frame, pt(head + fwd * 0.1 * scale), axes(0.38 * scale, 0.22 * scale), angle, 0, 360,
+                (70, 68, 64), -1, cv2.LINE_AA, shift)
+    for ear in ears:
+        cv2.circle(frame, pt(ear), int(0.11 * scale * (1 << shift)), (150, 140, 190), -1, cv2.LINE_AA, shift)
+    cv2.circle(frame, pt(snout), int(0.05 * scale * (1 << shift)), (170, 160, 220), -1, cv2.LINE_AA, shift)
+    noise = rng.normal(0, 3, frame.shape)
+    frame = np.clip(frame.astype(np.float32) + noise, 0, 255).astype(np.uint8)
+    keypoints = np.stack([snout, ears[0], ears[1], tailbase])
+    return frame, keypoints
+
+
+def make_sample(out_dir: str | Path, n_frames: int = 300, n_labeled: int = 60, width: int = 320,
+                height: int = 240, fps: float = 30.0, seed: int = 0, scorer: str = "synthetic",
+                video_name: str = "arena_cam") -> Sample:
+    """Render a video and a DeepLabCut project labeling ``n_labeled`` evenly spaced frames.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        Folder to write into (``<video_name>.mp4`` and ``dlc-project/``).
+
+    Returns
+    -------
+    Sample
+    """
+    if n_labeled > n_frames:
+        raise ValueError(f"n_labeled ({n_labeled}) cannot exceed n_frames ({n_frames}).")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    background = _arena(width, height, rng)
+    centres, headings = _path(n_frames, width, height, rng)
+    scale = 0.16 * min(width, height)
+    video_path = out_dir / f"{video_name}.mp4"
+    writer = cv2.VideoWriter(str(video_path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    if not writer.isOpened():
+        raise OSError(f"OpenCV cannot write {video_path}.")
+    truth = np.zeros((n_frames, len(BODYPARTS), 2))
+    labeled = sorted(set(np.linspace(0, n_frames - 1, n_labeled).round().astype(int).tolist()))
+    project = out_dir / "dlc-project"
+    frames_dir = project / "labeled-data" / video_name
+    frames_dir.mkdir(parents=True, exist_ok=True)
+    for i in range(n_frames):
+        frame, keypoints = render_frame(background, centres[i], headings[i], scale, rng)
+        truth[i] = keypoints
+        writer.write(frame)
+        if i in labeled:
+            cv2.imwrite(str(frames_dir / f"img{i:04d}.png"), frame)
+    writer.release()
+
+    with (frames_dir / f"CollectedData_{scorer}.csv").open("w", newline="") as handle:
+        out = csv.writer(handle)
+        out.writerow(["scorer"] + [scorer] * 2 * len(BODYPARTS))
+        out.writerow(["bodyparts"] + [b for b in BODYPARTS for _ in (0, 1)])
+        out.writerow(["coords"] + ["x", "y"] * len(BODYPARTS))
+        for i in labeled:
+            out.writerow([f"labeled-data/{video_name}/img{i:04d}.png"]
+                         + [f"{v:.3f}" for v in truth[i].ravel()])
+    config = {
+        "Task": "arena", "scorer": scorer, "date": "synthetic", "multianimalproject": False,
+        "project_path": str(project), "video_sets": {str(video_path): {"crop": f"0, {width}, 0, {height}"}},
+        "bodyparts": BODYPARTS, "skeleton": [list(e) for e in SKELETON], "pcutoff": 0.6,
+    }
+    (project / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return Sample(video_path=video_path, project_dir=project, keypoints=truth, labeled_frames=labeled, fps=fps)

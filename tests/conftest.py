@@ -1,0 +1,84 @@
+"""Shared fixtures.
+
+The database is the embedded PostgreSQL unless DataJoint's settings name a server (``DJ_HOST``
+etc.), so the same tests run on the embedded database, the PostgreSQL service and MariaDB.
+Every session uses fresh schema names and drops them at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+if os.environ.get("ELEMENT_POSE_SHARED_DATA"):
+    SHARED_DATA = Path(os.environ["ELEMENT_POSE_SHARED_DATA"])
+
+
+def shared_dataset(name: str) -> Path:
+    """Path of a dataset in ../shared/data, or skip the test when it is absent."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"{path} is absent (shared benchmark data not available)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def pose_home(tmp_path_factory) -> Path:
+    """A private ELEMENT_POSE_HOME (embedded database + store) for the whole session."""
+    home = tmp_path_factory.mktemp("element_pose_home")
+    os.environ["ELEMENT_POSE_HOME"] = str(home)
+    os.environ["ELEMENT_POSE_ROOT_DATA_DIR"] = str(home / "data")
+    (home / "data").mkdir(exist_ok=True)
+    return home
+
+
+@pytest.fixture(scope="session")
+def pipeline(pose_home):
+    """The sample workflow, activated on fresh schemas; dropped after the session."""
+    os.environ["ELEMENT_POSE_PREFIX"] = f"t{uuid.uuid4().hex[:8]}_"
+    from workflow import pipeline as pl
+
+    yield pl
+    pl.db.stop_embedded_on_exit()
+    for schema in (pl.model.schema, pl.train.schema, pl.lab):
+        try:
+            schema.drop(prompt=False)
+        except Exception as error:  # leave the database usable even if a drop fails
+            print(f"could not drop {schema.database}: {error}")
+
+
+@pytest.fixture
+def data_root(pipeline) -> Path:
+    """The root data directory of the sample workflow."""
+    return Path(pipeline.get_pose_root_data_dir()[0])
+
+
+@pytest.fixture
+def session_key(pipeline):
+    """A subject and session to hang recordings on."""
+    pipeline.Subject.insert1({"subject": "mouse1"}, skip_duplicates=True)
+    key = {"subject": "mouse1", "session_id": 1}
+    pipeline.Session.insert1({**key, "session_datetime": "2026-11-20 10:00:00"}, skip_duplicates=True)
+    pipeline.Device.insert1({"device": "cam0"}, skip_duplicates=True)
+    return key
+
+
+def write_video(path: Path, n_frames: int, width: int = 64, height: int = 48, fps: float = 25.0,
+                fourcc: str = "mp4v") -> Path:
+    """Write a video whose frame i has a bright square at column 2*i (for content checks)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
+    assert writer.isOpened(), f"cannot write {path}"
+    for i in range(n_frames):
+        frame = np.full((height, width, 3), 40, np.uint8)
+        x = (2 * i) % (width - 8)
+        frame[10:18, x : x + 8] = 230
+        writer.write(frame)
+    writer.release()
+    return path
