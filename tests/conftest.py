@@ -82,3 +82,10 @@ def write_video(path: Path, n_frames: int, width: int = 64, height: int = 48, fp
         writer.write(frame)
     writer.release()
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that touches the database with ``db`` (CI reruns those per backend)."""
+    for item in items:
+        if {"pipeline", "session_key", "data_root"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.db)
