@@ -84,7 +84,7 @@ def _check_window(window: Any, n_frames: int | None = None, name: str = "window"
     window = int(window)
     if window < 1 or window % 2 == 0:
         raise ValueError(
-            f"{name}={window} is invalid: use an odd positive number of frames (e.g. {max(1, window + 1 if window > 0 else 1)}) "
+            f"{name}={window} is invalid: use an odd positive number of frames (e.g. {window + 1 if window > 0 else 1}) "
             "so the window is centred on each frame."
         )
     if n_frames is not None and window > n_frames:
@@ -372,7 +372,8 @@ class FilterParams:
     Attributes
     ----------
     confidence_threshold : float or None, default 0.6
-        x, y -> NaN where likelihood < threshold; in [0, 1]. ``None`` skips the step.
+        x, y -> NaN where likelihood < threshold (or NaN); in [0, 1]. ``None`` skips the step
+        (use it for data without a likelihood, e.g. imported labels).
     max_jump_px : float or None, default None
         Speed limit in pixels per frame for :func:`reject_jumps` (> 0). ``None`` skips it.
     max_gap : int or None, default 5
@@ -479,7 +480,8 @@ def filter_pose(pose: np.ndarray, params: Mapping[str, Any] | FilterParams | Non
     ----------
     pose : np.ndarray
         Float array ``(F, K, 3)`` = frames x body parts x ``[x, y, likelihood]``, NaN x, y
-        where missing. Every body part (and x, y separately) is filtered independently.
+        where missing (``(F, I, K, 3)`` with individuals works the same). Every body part (and
+        x, y separately) is filtered independently.
     params : dict or FilterParams or None
         See :class:`FilterParams`; a dict is validated with :meth:`FilterParams.from_dict`;
         ``None`` uses the defaults.
@@ -487,7 +489,8 @@ def filter_pose(pose: np.ndarray, params: Mapping[str, Any] | FilterParams | Non
     Returns
     -------
     np.ndarray
-        New float64 array ``(F, K, 3)``. See the module docstring for the likelihood channel.
+        New float64 array of the same shape. See the module docstring for the likelihood
+        channel.
 
     Raises
     ------
@@ -497,8 +500,11 @@ def filter_pose(pose: np.ndarray, params: Mapping[str, Any] | FilterParams | Non
     """
     params = FilterParams.from_dict(params)
     pose = _as_float_array(pose, "pose")
-    if pose.ndim != 3 or pose.shape[2] != 3:
-        raise ValueError(f"pose must have shape (frames, body parts, 3) = [x, y, likelihood], got {pose.shape}.")
+    if pose.ndim < 3 or pose.shape[-1] != 3:
+        raise ValueError(
+            f"pose must have shape (frames, body parts, 3) = [x, y, likelihood] (or (frames, "
+            f"individuals, body parts, 3)), got {pose.shape}."
+        )
     n_frames = pose.shape[0]
     if params.smoothing is not None and params.window > n_frames:
         raise ValueError(

@@ -230,3 +230,16 @@ def test_filter_pose_errors():
     # smoothing off: a window longer than the data is irrelevant
     out = filter_pose(pose, {"window": 5, "smoothing": None})
     np.testing.assert_array_equal(out, pose)
+
+
+def test_filter_pose_multi_animal_matches_per_animal():
+    rng = np.random.default_rng(3)
+    pose = np.empty((40, 2, 3, 3))  # (F, individuals, K, 3)
+    pose[..., :2] = np.cumsum(rng.normal(0, 1, (40, 2, 3, 2)), axis=0) + 100
+    pose[..., 2] = rng.uniform(0.3, 1.0, (40, 2, 3))
+    params = {"confidence_threshold": 0.5, "max_jump_px": 3.0, "max_gap": 3, "smoothing": "savgol",
+              "window": 7, "polyorder": 2}
+    both = filter_pose(pose, params)
+    for i in range(2):
+        np.testing.assert_array_equal(both[:, i], filter_pose(pose[:, i], params))
+    assert np.isnan(both[..., 0]).any() and not np.isnan(both[..., 0]).all()
