@@ -264,6 +264,14 @@ class Model(dj.Manual):
         return [r["body_part"] for r in (cls.BodyPart & key).to_dicts(order_by="part_index")]
 
     @classmethod
+    def skeleton(cls, key: dict) -> list[tuple[str, str]]:
+        """Skeleton edges of the dataset the model was trained on ([] when unknown)."""
+        source = train.LabeledDataset & (train.DataSplit & (cls.Training & key))
+        if not source:
+            return []
+        return [tuple(edge) for edge in source.fetch1("skeleton")]
+
+    @classmethod
     def load(cls, key: dict, device: str = "auto"):
         """The engine's ``PoseModel`` for a stored model, its weights hash verified."""
         from .engine.predict import load_model
@@ -482,12 +490,7 @@ class PoseEstimation(dj.Computed):
         key = (cls & key).keys()
         if len(key) != 1:
             raise ValueError(f"Expected one PoseEstimation row, found {len(key)}; restrict the key.")
-        key = key[0]
-        parts = Model.bodyparts(key)
-        rows = {r["body_part"]: r for r in (cls.BodyPartPosition & key).to_dicts()}
-        pose = np.stack([np.stack([np.asarray(rows[p][c]) for c in ("x", "y", "likelihood")], axis=-1)
-                         for p in parts], axis=1)
-        return pose, parts
+        return _pose_from_parts(cls.BodyPartPosition, key[0])
 
     @classmethod
     def get_trajectory(cls, key: dict, body_parts: Sequence[str] | None = None) -> pd.DataFrame:
@@ -517,3 +520,174 @@ class PoseEstimation(dj.Computed):
         path.parent.mkdir(parents=True, exist_ok=True)
         return write_dlc_output(path, pose, parts, (Model & key).fetch1("scorer"))
 
+# --- derived outputs: filtering, labeled videos, NWB ----------------------------------------
+
+
+@schema
+class PoseFilterParamSet(dj.Lookup):
+    """Parameters of :func:`element_pose.filtering.filter_pose`, deduplicated by content."""
+
+    definition = """
+    filter_paramset_id: int16
+    ---
+    filter_description='': varchar(1000)
+    params: json                      # full FilterParams (defaults filled in)
+    params_sha256: char(64)
+    unique index (params_sha256)
+    """
+
+    @classmethod
+    def insert_new_params(cls, params: dict, filter_paramset_id: int | None = None,
+                          description: str = "") -> dict:
+        """Validate and insert filter parameters; returns the key (see TrainingParamSet)."""
+        from .filtering import FilterParams
+
+        if not isinstance(params, dict):
+            raise TypeError(f"params must be a dict, got {type(params).__name__}.")
+        full = FilterParams.from_dict(params).to_dict()
+        return train.insert_hashed_params(cls, "filter_paramset_id", full, filter_paramset_id,
+                                          {"filter_description": description})
+
+
+@schema
+class FilteredPose(dj.Computed):
+    """Pose after confidence cut-off, jump rejection, gap interpolation and smoothing."""
+
+    definition = """
+    -> PoseEstimation
+    -> PoseFilterParamSet
+    ---
+    frames_removed: int32             # points set to NaN by the cut-off and jump rejection
+    frames_filled: int32              # points filled by interpolation
+    """
+
+    class BodyPartPosition(dj.Part):
+        definition = """
+        -> master
+        -> Model.BodyPart
+        ---
+        x: <npy@main>
+        y: <npy@main>
+        likelihood: <npy@main>
+        """
+
+    def make(self, key: dict) -> None:
+        from .filtering import filter_pose
+
+        pose, parts = PoseEstimation.pose_array(key)
+        params = (PoseFilterParamSet & key).fetch1("params")
+        filtered = filter_pose(pose, params)
+        raw_valid = np.isfinite(pose[..., 0])
+        new_valid = np.isfinite(filtered[..., 0])
+        self.insert1({**key, "frames_removed": int((raw_valid & ~new_valid).sum()),
+                      "frames_filled": int((~raw_valid & new_valid).sum())})
+        self.BodyPartPosition.insert(
+            {**key, "body_part": p, "x": filtered[:, k, 0].copy(), "y": filtered[:, k, 1].copy(),
+             "likelihood": filtered[:, k, 2].copy()}
+            for k, p in enumerate(parts)
+        )
+
+    @classmethod
+    def pose_array(cls, key: dict) -> tuple[np.ndarray, list[str]]:
+        """(frames, bodyparts, 3) filtered array and body-part names of one row."""
+        keys = (cls & key).keys()
+        if len(keys) != 1:
+            raise ValueError(f"Expected one FilteredPose row, found {len(keys)}; restrict the key.")
+        return _pose_from_parts(cls.BodyPartPosition, keys[0])
+
+
+def _pose_from_parts(part: dj.Table, key: dict) -> tuple[np.ndarray, list[str]]:
+    parts = Model.bodyparts(key)
+    rows = {r["body_part"]: r for r in (part & key).to_dicts()}
+    pose = np.stack([np.stack([np.asarray(rows[p][c], dtype=np.float64) for c in ("x", "y", "likelihood")],
+                              axis=-1) for p in parts], axis=1)
+    return pose, parts
+
+
+@schema
+class LabeledVideoTask(dj.Manual):
+    """Which labeled video to render: raw pose, or pose filtered with a parameter set."""
+
+    definition = """
+    -> PoseEstimation
+    video_id: int16
+    ---
+    -> [nullable] PoseFilterParamSet  # NULL: raw pose
+    pcutoff=0.6: float64              # points below are hidden (or faded)
+    hide_below_cutoff=1: bool         # 0: draw them faded
+    draw_skeleton=1: bool             # edges of the training dataset's skeleton
+    """
+
+
+@schema
+class LabeledVideo(dj.Computed):
+    """The recording re-encoded with each body part drawn in its own colour."""
+
+    definition = """
+    -> LabeledVideoTask
+    ---
+    video: <object@main>              # mp4
+    frame_count: int32
+    px_width: int32
+    px_height: int32
+    """
+
+    def make_fetch(self, key: dict) -> tuple:
+        task = (LabeledVideoTask & key).fetch1()
+        files = tuple(r["file_path"] for r in (VideoRecording.File & key).to_dicts(order_by="file_id"))
+        return (task["filter_paramset_id"], float(task["pcutoff"]), bool(task["hide_below_cutoff"]),
+                bool(task["draw_skeleton"]), files)
+
+    def make_compute(self, key, filter_id, pcutoff, hide, draw_skeleton, files) -> tuple:
+        import tempfile
+
+        from .labeled_video import write_labeled_video
+
+        if filter_id is None:
+            pose, parts = PoseEstimation.pose_array(key)
+        else:
+            pose, parts = FilteredPose.pose_array({**key, "filter_paramset_id": filter_id})
+        skeleton = Model.skeleton(key) if draw_skeleton else []
+        out = Path(tempfile.mkdtemp(prefix="element_pose_video_")) / "labeled.mp4"
+        write_labeled_video([to_full(f, _root_dirs) for f in files], pose, parts, out, pcutoff=pcutoff,
+                            skeleton=skeleton, hide_below_cutoff=hide, progress=True)
+        info = (RecordingInfo & key).fetch1()
+        return str(out), int(info["frame_count"]), int(info["px_width"]), int(info["px_height"])
+
+    def make_insert(self, key, path, frame_count, width, height) -> None:
+        self.insert1({**key, "video": path, "frame_count": frame_count, "px_width": width,
+                      "px_height": height})
+
+
+def export_nwb(key: dict, path: str | Path, filter_paramset_id: int | None = None,
+               overwrite: bool = False) -> Path:
+    """Export one pose estimation (raw, or filtered with ``filter_paramset_id``) to NWB with
+    ndx-pose: PoseEstimation, PoseEstimationSeries, Skeleton, timestamps, the model as source
+    software. Refuses an existing ``path`` unless ``overwrite``."""
+    from datetime import datetime
+
+    from . import __version__
+    from .io.nwb import export_nwb as write
+
+    key = (PoseEstimation & key).keys()
+    if len(key) != 1:
+        raise ValueError(f"Expected one PoseEstimation row, found {len(key)}; restrict the key.")
+    key = key[0]
+    if filter_paramset_id is None:
+        pose, parts = PoseEstimation.pose_array(key)
+    else:
+        pose, parts = FilteredPose.pose_array({**key, "filter_paramset_id": filter_paramset_id})
+    session = (_linking_module.Session & key).fetch1()
+    start = session.get("session_datetime") or datetime.now()
+    if not isinstance(start, datetime):
+        start = datetime.fromisoformat(str(start))
+    info = (RecordingInfo & key).fetch1()
+    model_row = (Model & key).fetch1()
+    return write(
+        path, pose, parts, np.asarray(info["timestamps"]), session_start_time=start,
+        skeleton_edges=Model.skeleton(key), subject_id=str(session.get("subject", "")) or None,
+        session_description=f"element-pose {key}", source_software="element-pose",
+        source_software_version=__version__, model_name=model_row["model_name"],
+        scorer=model_row["scorer"], video_paths=VideoRecording.file_paths(key),
+        video_frame_counts=info["file_frame_counts"], overwrite=overwrite,
+    )

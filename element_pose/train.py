@@ -307,6 +307,30 @@ class LabeledDataset(dj.Manual):
         return images
 
 
+def insert_hashed_params(table, id_attr: str, full: dict, params_id: int | None, extra: dict) -> dict:
+    """Insert validated, defaults-filled ``full`` params into a parameter table deduplicated by
+    ``params_sha256``; shared by training and filtering parameter sets.
+
+    The same parameters under the same (or no) id return the existing key; under another id
+    they raise an error naming the id that holds them.
+    """
+    digest = sha256_json(full)
+    holder = (table & {"params_sha256": digest}).keys()
+    if holder:
+        if params_id is None or holder[0][id_attr] == params_id:
+            return holder[0]
+        raise ValueError(f"These parameters are already stored as {id_attr}={holder[0][id_attr]}; "
+                         f"use that id instead of {params_id}.")
+    if params_id is None:
+        params_id = int(max(table.to_arrays(id_attr), default=-1)) + 1
+    if isinstance(params_id, bool) or not isinstance(params_id, int):
+        raise TypeError(f"{id_attr} must be an int, got {params_id!r}.")
+    if table & {id_attr: params_id}:
+        raise ValueError(f"{id_attr}={params_id} already holds other parameters; pick a new id.")
+    table.insert1({id_attr: params_id, **extra, "params": full, "params_sha256": digest})
+    return {id_attr: params_id}
+
+
 def bodyparts_sha256(bodyparts: Sequence[str]) -> str:
     """Order-free hash of a body-part set, used to match models with datasets."""
     return sha256_json(sorted(bodyparts))
@@ -472,26 +496,9 @@ class TrainingParamSet(dj.Lookup):
 
         if not isinstance(params, dict):
             raise TypeError(f"params must be a dict, got {type(params).__name__}.")
-        config = EngineConfig.from_dict(params)
-        full = config.to_dict()
-        digest = sha256_json(full)
-        holder = (cls & {"params_sha256": digest}).keys()
-        if holder:
-            if paramset_id is None or holder[0]["paramset_id"] == paramset_id:
-                return holder[0]
-            raise ValueError(
-                f"These parameters are already stored as paramset_id={holder[0]['paramset_id']}; "
-                f"use that id instead of {paramset_id}."
-            )
-        if paramset_id is None:
-            paramset_id = int(max(cls.to_arrays("paramset_id"), default=-1)) + 1
-        if isinstance(paramset_id, bool) or not isinstance(paramset_id, int):
-            raise TypeError(f"paramset_id must be an int, got {paramset_id!r}.")
-        if cls & {"paramset_id": paramset_id}:
-            raise ValueError(f"paramset_id={paramset_id} already holds other parameters; pick a new id.")
-        cls.insert1({"paramset_id": paramset_id, "paramset_description": description,
-                     "params": full, "params_sha256": digest})
-        return {"paramset_id": paramset_id}
+        full = EngineConfig.from_dict(params).to_dict()
+        return insert_hashed_params(cls, "paramset_id", full, paramset_id,
+                                    {"paramset_description": description})
 
 
 @schema

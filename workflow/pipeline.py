@@ -13,9 +13,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import datajoint as dj
+from element_pose import activate, db, model, train  # first: it quiets DataJoint's config warning
 
-from element_pose import activate, db, model, train
+import datajoint as dj  # noqa: E402
 
 __all__ = ["Subject", "Session", "Device", "train", "model", "get_pose_root_data_dir",
            "connection_info"]
