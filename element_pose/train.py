@@ -246,7 +246,7 @@ class LabeledDataset(dj.Manual):
                     "source_video": frame.source_video or (Path(frame.video_path).name if frame.video_path else ""),
                     "source_frame_index": frame.frame_index,
                 }
-                for i, (frame, (payload, sha, (width, height), ext)) in enumerate(zip(data.frames, blobs))
+                for i, (frame, (payload, sha, (width, height), ext)) in enumerate(zip(data.frames, blobs, strict=True))
             )
             rows = []
             for i in range(len(data)):

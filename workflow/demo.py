@@ -52,10 +52,17 @@ def run_demo(out_dir: str | Path | None = None, train_seconds: float | None = No
     """
     started = time.perf_counter()
     _step("Connecting and declaring the pipeline")
-    from workflow.pipeline import Device, Session, Subject, connection_info, get_pose_root_data_dir, model, train
-
     from element_pose import plotting
     from element_pose.sample import make_sample
+    from workflow.pipeline import (
+        Device,
+        Session,
+        Subject,
+        connection_info,
+        get_pose_root_data_dir,
+        model,
+        train,
+    )
 
     print(connection_info.describe())
     root = Path(get_pose_root_data_dir()[0])
@@ -115,6 +122,15 @@ def run_demo(out_dir: str | Path | None = None, train_seconds: float | None = No
         model.PoseEstimationTask.add(recording, model_key, mode="trigger", batch_size=8)
     model.PoseEstimation.populate(display_progress=True)
 
+    _step("Filtering and labeled videos")
+    filt = model.PoseFilterParamSet.insert_new_params(
+        {"confidence_threshold": 0.6, "max_jump_px": 20.0, "max_gap": 5, "smoothing": "median", "window": 5},
+        description="demo: cut-off 0.6, jumps > 20 px/frame, gaps <= 5, median 5")
+    model.FilteredPose.populate(filt, display_progress=True)
+    for recording in recordings:
+        model.LabeledVideoTask.insert1({**recording, **model_key, "video_id": 0, **filt}, skip_duplicates=True)
+    model.LabeledVideo.populate(display_progress=True)
+
     _step("Outputs")
     key = {**recordings[0], **model_key}
     pose, bodyparts = model.PoseEstimation.pose_array(key)
@@ -170,8 +186,15 @@ def _write_outputs(out, model, train, key, split, pose, bodyparts, timestamps, v
     figure = plotting.plot_evaluation_errors(errors)
     outputs["error plot"] = out / "evaluation_errors.png"
     figure.savefig(outputs["error plot"], dpi=100)
+    curve = np.asarray((train.ModelTraining & (model.Model.Training & key)).fetch1("learning_curve"))
+    figure = plotting.plot_learning_curve(curve)
+    outputs["learning curve"] = out / "learning_curve.png"
+    figure.savefig(outputs["learning curve"], dpi=100)
+    outputs["labeled video"] = out / "session1_labeled.mp4"
+    outputs["labeled video"].write_bytes((model.LabeledVideo & key).fetch1("video").read())
     h5, _ = model.PoseEstimation.export_dlc(key, out / "session1_pose")
     outputs["DeepLabCut h5"] = h5
+    outputs["NWB"] = model.export_nwb(key, out / "session1_pose.nwb", overwrite=True)
     import matplotlib.pyplot as plt
 
     plt.close("all")

@@ -13,9 +13,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from element_pose import activate, db, model, train  # first: it quiets DataJoint's config warning
+import datajoint as dj
 
-import datajoint as dj  # noqa: E402
+from element_pose import activate, db, model, train
 
 __all__ = ["Subject", "Session", "Device", "train", "model", "get_pose_root_data_dir",
            "connection_info"]

@@ -63,7 +63,7 @@ def _read_label_table(path: Path) -> tuple[list[str], list[tuple[str, str, str]]
         levels = frame.columns.names
         cols = []
         for col in frame.columns:
-            named = dict(zip(levels, col))
+            named = dict(zip(levels, col, strict=True))
             cols.append((named.get("individuals", SINGLE), named["bodyparts"], named["coords"]))
         index = ["/".join(map(str, i)) if isinstance(i, tuple) else str(i) for i in frame.index]
         scorer = str(frame.columns.get_level_values("scorer")[0])
