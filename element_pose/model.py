@@ -424,10 +424,10 @@ class PoseEstimation(dj.Computed):
     definition = """
     -> PoseEstimationTask
     ---
-    frame_count: int32
+    pose_frame_count: int32           # equals RecordingInfo.frame_count
     analysis_seconds: float64         # wall time of the network run (0 for load)
     frames_per_second=null: float64   # analysis speed
-    device='': varchar(32)
+    analysis_device='': varchar(32)   # cpu | cuda:0 | file (load mode)
     pose_estimation_time=CURRENT_TIMESTAMP: datetime
     """
 
@@ -476,8 +476,8 @@ class PoseEstimation(dj.Computed):
         return np.asarray(pose, dtype=np.float64), seconds, float(stats.get("fps", len(pose) / seconds)), net.device
 
     def make_insert(self, key, pose, seconds, fps, device) -> None:
-        self.insert1({**key, "frame_count": len(pose), "analysis_seconds": seconds,
-                      "frames_per_second": fps, "device": str(device)[:32]})
+        self.insert1({**key, "pose_frame_count": len(pose), "analysis_seconds": seconds,
+                      "frames_per_second": fps, "analysis_device": str(device)[:32]})
         self.BodyPartPosition.insert(
             {**key, "body_part": part, "x": pose[:, k, 0].copy(), "y": pose[:, k, 1].copy(),
              "likelihood": pose[:, k, 2].copy()}
@@ -627,9 +627,9 @@ class LabeledVideo(dj.Computed):
     -> LabeledVideoTask
     ---
     video: <object@main>              # mp4
-    frame_count: int32
-    px_width: int32
-    px_height: int32
+    video_frame_count: int32
+    video_width: int32
+    video_height: int32
     """
 
     def make_fetch(self, key: dict) -> tuple:
@@ -655,8 +655,8 @@ class LabeledVideo(dj.Computed):
         return str(out), int(info["frame_count"]), int(info["px_width"]), int(info["px_height"])
 
     def make_insert(self, key, path, frame_count, width, height) -> None:
-        self.insert1({**key, "video": path, "frame_count": frame_count, "px_width": width,
-                      "px_height": height})
+        self.insert1({**key, "video": path, "video_frame_count": frame_count, "video_width": width,
+                      "video_height": height})
 
 
 def export_nwb(key: dict, path: str | Path, filter_paramset_id: int | None = None,

@@ -103,7 +103,7 @@ class LabeledDataset(dj.Manual):
     source_format: varchar(16)        # dlc | sleap | generated
     source_path: varchar(1000)        # where it was imported from (relative to a root when possible)
     scorer='': varchar(64)
-    frame_count: int32
+    labeled_frame_count: int32
     bodyparts_sha256: char(64)        # sha256 of the sorted body-part names; matches models to data
     content_sha256: char(64)          # sha256 of labels + image bytes; detects re-imports
     skeleton: json                    # list of [body_part, body_part] edges
@@ -224,7 +224,7 @@ class LabeledDataset(dj.Manual):
                 "source_format": source_format,
                 "source_path": source,
                 "scorer": data.scorer[:64],
-                "frame_count": len(data),
+                "labeled_frame_count": len(data),
                 "bodyparts_sha256": bodyparts_sha256(data.bodyparts),
                 "content_sha256": content,
                 "skeleton": [list(edge) for edge in data.skeleton],
@@ -526,7 +526,7 @@ class ModelTraining(dj.Computed):
     learning_curve: <npy@main>        # (n, 2): iteration, loss
     iterations: int32
     train_seconds: float64
-    device: varchar(32)
+    training_device: varchar(32)     # cpu | cuda:0 ...
     versions: json                    # library versions used
     trained_at=CURRENT_TIMESTAMP: datetime
     """
@@ -562,7 +562,7 @@ class ModelTraining(dj.Computed):
 
     def make_insert(self, key, weights_path, sha, curve, iterations, seconds, device, versions) -> None:
         self.insert1({**key, "weights": weights_path, "weights_sha256": sha, "learning_curve": curve,
-                      "iterations": iterations, "train_seconds": seconds, "device": device,
+                      "iterations": iterations, "train_seconds": seconds, "training_device": device,
                       "versions": versions})
 
 

@@ -204,3 +204,22 @@ def test_mirror_mouse_import(pipeline):
     assert (frame["width"], frame["height"]) == (396, 406)
     split = train.DataSplit.from_split_json(key, project / "split.json")
     assert len(train.DataSplit.frame_ids(split, "train")) == 72
+
+
+def test_sleap_import_keeps_individuals(pipeline):
+    clip = shared_dataset("sleap-fly-clip")
+    train = pipeline.train
+    key = train.LabeledDataset.import_sleap(clip / "clip.slp", "fly_clip", frames=slice(0, 20))
+    assert (train.LabeledDataset & key).fetch1("source_format") == "sleap"
+    assert len(train.LabeledDataset.Frame & key) == 20
+    assert sorted(train.LabeledDataset.individuals(key)) == ["female", "male"]
+    assert len(train.LabeledDataset.bodyparts(key)) == 13
+    assert len(train.LabeledDataset.Label & key) == 20 * 2 * 13
+    labels = pd.read_csv(clip / "clip_labels_long.csv")
+    row = labels[(labels.frame_idx == 7) & (labels.track == "male") & (labels.node == "head")].iloc[0]
+    stored = (train.LabeledDataset.Label & key & {"frame_id": 7, "individual": "male",
+                                                  "body_part": "head"}).fetch1()
+    assert (stored["x"], stored["y"]) == pytest.approx((row.x, row.y))
+    frame = (train.LabeledDataset.Frame & key & {"frame_id": 7}).fetch1()
+    assert (frame["width"], frame["height"], frame["source_frame_index"]) == (1024, 1024, 7)
+    assert len((train.LabeledDataset & key).fetch1("skeleton")) > 0

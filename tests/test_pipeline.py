@@ -55,7 +55,7 @@ def test_training_row(pipeline, trained):
     curve = np.asarray(row["learning_curve"])
     assert curve.shape[1] == 2 and curve[-1, 0] <= 300
     assert curve[-20:, 1].mean() < curve[:20, 1].mean() / 3  # the loss went down
-    assert row["versions"]["torch"] and row["device"] == "cpu"
+    assert row["versions"]["torch"] and row["training_device"] == "cpu"
     from element_pose.hashing import sha256_bytes
 
     assert sha256_bytes(row["weights"].read()) == row["weights_sha256"]
@@ -92,7 +92,7 @@ def test_evaluation_is_accurate_on_generated_frames(pipeline, trained):
 def test_pose_estimation_and_trajectory(pipeline, trained):
     model = pipeline.model
     row = (model.PoseEstimation & trained["pose"]).fetch1()
-    assert row["frame_count"] == 60 and row["frames_per_second"] > 0
+    assert row["pose_frame_count"] == 60 and row["frames_per_second"] > 0
     trajectory = model.PoseEstimation.get_trajectory(trained["pose"])
     assert len(trajectory) == (model.RecordingInfo & trained["recording"]).fetch1("frame_count")
     scorer = (model.Model & trained["model"]).fetch1("scorer")
@@ -176,9 +176,8 @@ def test_bad_params_rejected(pipeline):
 def test_failed_training_inserts_nothing(pipeline, trained, tmp_path):
     """A training that fails (here: a multi-animal dataset) leaves no ModelTraining row."""
     train = pipeline.train
-    from element_pose.io.labels import LabeledData
-
     from element_pose.io.dlc import read_dlc_project
+    from element_pose.io.labels import LabeledData
 
     base = train.LabeledDataset.keypoints(trained["dataset"])
     data = read_dlc_project(trained["sample"].project_dir)
