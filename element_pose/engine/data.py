@@ -83,7 +83,7 @@ class TrainingSet:
         self.config = config
         self.images: list[np.ndarray] = []
         kps = []
-        for image, kp in zip(images, keypoints):
+        for image, kp in zip(images, keypoints, strict=True):
             scaled, skp, _ = scale_image(image, kp, config.input_scale)
             self.images.append(scaled)
             kps.append(skp)

@@ -64,11 +64,11 @@ class TrainResult:
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that determine a model's numbers."""
     return {
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": np.__version__,
-        "opencv": cv2.__version__,
-        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+        "numpy": str(np.__version__),
+        "opencv": str(cv2.__version__),
+        "python": str(platform.python_version()),
     }
 
 

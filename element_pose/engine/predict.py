@@ -1,0 +1,295 @@
+"""Batched inference on frames and videos.
+
+Video frames are decoded by OpenCV in a background thread into a bounded queue of uint8
+batches; each batch goes to the device as uint8 and is converted (BGR to RGB), resized and
+normalised there; peaks are decoded on the device and only (B, K, 3) numbers come back, so
+memory stays flat however long the video.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from element_pose.engine.checkpoint import file_sha256, load_model_file
+from element_pose.engine.config import EngineConfig
+from element_pose.engine.data import validate_images
+from element_pose.engine.network import PoseNet, build_network
+from element_pose.engine.targets import decode
+from element_pose.engine.video import VideoError, _open
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PoseModel", "VideoError", "file_sha256", "iter_video_batches", "load_model"]
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use 'cpu' or "
+                         "'auto'.")
+    return dev
+
+
+class PoseModel:
+    """A trained network ready for inference.
+
+    Attributes
+    ----------
+    bodyparts : list of str
+    config : EngineConfig
+    device : str
+    network : PoseNet
+        The torch module (eval mode, on ``device``).
+    """
+
+    def __init__(self, network: PoseNet, config: EngineConfig, bodyparts: list[str],
+                 device: str = "auto"):
+        dev = _resolve_device(device)
+        self.config = config
+        self.bodyparts = list(bodyparts)
+        self.device = str(dev)
+        self._dev = dev
+        self._channels_last = config.channels_last
+        net = network.to(dev).eval()
+        if self._channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        self.network = net
+        self._amp = config.mixed_precision and dev.type == "cuda"
+
+    # -- core ------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def _infer(self, batch: torch.Tensor, bgr: bool = False) -> torch.Tensor:
+        """(B, H, W, 3) uint8 on the device -> (B, K, 3) [x, y, conf] in original pixels."""
+        x = batch.permute(0, 3, 1, 2)
+        if bgr:
+            x = x.flip(1)
+        x = x.float()
+        h, w = x.shape[-2:]
+        scale = self.config.input_scale
+        nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+        if (nh, nw) != (h, w):
+            if scale < 1:
+                x = F.interpolate(x, size=(nh, nw), mode="area")
+            else:
+                x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)
+        x = self.network.normalize(x)
+        if self._channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self._dev.type, enabled=self._amp):
+            heat, off = self.network(x)
+        pose = decode(heat.float(), off.float(), self.network.output_stride)
+        rx, ry = nw / w, nh / h
+        pose[..., 0] = (pose[..., 0] + 0.5) / rx - 0.5
+        pose[..., 1] = (pose[..., 1] + 0.5) / ry - 0.5
+        return pose
+
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(array)
+        if self._dev.type == "cuda":
+            t = t.pin_memory()
+        return t.to(self._dev, non_blocking=True)
+
+    # -- public --------------------------------------------------------------------------
+
+    def predict_frames(self, images: Sequence[np.ndarray], batch_size: int = 8) -> np.ndarray:
+        """Predict keypoints on RGB uint8 frames (sizes may differ).
+
+        Returns
+        -------
+        np.ndarray
+            (N, K, 3) float32: x, y in each frame's pixels and confidence in [0, 1].
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        imgs = validate_images(images)
+        out = np.zeros((len(imgs), len(self.bodyparts), 3), dtype=np.float32)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, image in enumerate(imgs):
+            by_shape.setdefault(image.shape, []).append(i)
+        for idx in by_shape.values():
+            for s in range(0, len(idx), batch_size):
+                chunk = idx[s:s + batch_size]
+                batch = np.stack([imgs[i] for i in chunk])
+                out[chunk] = self._infer(self._to_device(batch)).cpu().numpy()
+        return out
+
+    def predict_video(self, paths: str | Path | Sequence[str | Path], batch_size: int = 8,
+                      progress: bool = True, stop: int | None = None
+                      ) -> tuple[np.ndarray, dict]:
+        """Predict keypoints on every frame of one video or of several, concatenated in order.
+
+        Parameters
+        ----------
+        paths : path or sequence of paths
+            Video file(s) of one recording; frames are concatenated in the given order.
+        batch_size : int
+            Frames per forward pass.
+        progress : bool
+            Show a tqdm progress bar.
+        stop : int, optional
+            Analyse only the first ``stop`` frames (of the concatenation).
+
+        Returns
+        -------
+        poses : np.ndarray
+            (F, K, 3) float32 [x, y, confidence] in original pixels.
+        stats : dict
+            ``frames``, ``seconds`` (wall time), ``fps`` and ``compute_seconds`` (time the
+            main thread spent in transfer, network and peak decoding).
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        if isinstance(paths, (str, Path)):
+            paths = [paths]
+        paths = [Path(p) for p in paths]
+        if not paths:
+            raise ValueError("No video given.")
+        for p in paths:
+            _open(p).release()  # fail early with a clear VideoError
+        total = None
+        try:
+            total = sum(int(_frame_count_hint(p)) for p in paths) or None
+        except Exception:  # pragma: no cover - header hints are best effort
+            total = None
+        if stop is not None:
+            total = min(total, stop) if total else stop
+        bar = tqdm(total=total, desc="analyse", unit="frame", disable=not progress,
+                   dynamic_ncols=True)
+        chunks: list[np.ndarray] = []
+        pending: torch.Tensor | None = None
+        compute = 0.0
+        frames = 0
+        t0 = time.perf_counter()
+        for batch in iter_video_batches(paths, batch_size, stop=stop):
+            tc = time.perf_counter()
+            pose = self._infer(self._to_device(batch), bgr=True)
+            if pending is not None:
+                chunks.append(pending.cpu().numpy())
+            pending = pose
+            compute += time.perf_counter() - tc
+            frames += len(batch)
+            bar.update(len(batch))
+        if pending is not None:
+            chunks.append(pending.cpu().numpy())
+        seconds = time.perf_counter() - t0
+        bar.close()
+        poses = (np.concatenate(chunks).astype(np.float32) if chunks else
+                 np.zeros((0, len(self.bodyparts), 3), dtype=np.float32))
+        stats = {"frames": int(frames), "seconds": float(seconds),
+                 "fps": float(frames / seconds) if seconds > 0 else float("nan"),
+                 "compute_seconds": float(compute)}
+        logger.info("Analysed %d frames in %.1f s (%.1f frames/s)", frames, seconds,
+                    stats["fps"])
+        return poses, stats
+
+
+def _frame_count_hint(path: Path) -> int:
+    cap = cv2.VideoCapture(str(path))
+    try:
+        return max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT)))
+    finally:
+        cap.release()
+
+
+def iter_video_batches(paths: Sequence[str | Path], batch_size: int, stop: int | None = None,
+                       prefetch: int = 4) -> Iterator[np.ndarray]:
+    """Yield (B, H, W, 3) uint8 **BGR** batches of consecutive frames, decoded in a thread.
+
+    Frames of several files are concatenated; a batch never mixes frame sizes. The queue
+    holds at most ``prefetch`` batches, so memory is bounded.
+    """
+    q: queue.Queue = queue.Queue(maxsize=prefetch)
+    halt = threading.Event()
+
+    def put(item: object) -> bool:
+        while not halt.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            count = 0
+            for path in paths:
+                cap = _open(path)
+                try:
+                    buf: np.ndarray | None = None
+                    n = 0
+                    while stop is None or count < stop:
+                        ok, frame = cap.read()
+                        if not ok:
+                            break
+                        if buf is not None and frame.shape != buf.shape[1:]:
+                            if not put(buf[:n].copy()):
+                                return
+                            buf, n = None, 0
+                        if buf is None:
+                            buf = np.empty((batch_size, *frame.shape), dtype=np.uint8)
+                        buf[n] = frame
+                        n += 1
+                        count += 1
+                        if n == batch_size:
+                            if not put(buf):
+                                return
+                            buf, n = None, 0
+                    if buf is not None and n:
+                        if not put(buf[:n]):
+                            return
+                finally:
+                    cap.release()
+                if stop is not None and count >= stop:
+                    break
+        except BaseException as exc:
+            put(exc)
+            return
+        put(None)
+
+    thread = threading.Thread(target=work, name="element-pose-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        halt.set()
+        thread.join(timeout=5)
+
+
+def load_model(checkpoint_path: str | Path, device: str = "auto") -> PoseModel:
+    """Load a model file written by :func:`element_pose.engine.train.train`.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        Missing file, not an element-pose model file, or one of a newer format.
+    """
+    payload = load_model_file(checkpoint_path)
+    config = EngineConfig.from_dict(payload["config"])
+    bodyparts = list(payload["bodyparts"])
+    network = build_network(config.replace(pretrained="none"), len(bodyparts))
+    try:
+        network.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise ValueError(f"Weights in {checkpoint_path} do not fit its own config: {exc}") from exc
+    return PoseModel(network, config, bodyparts, device=device)

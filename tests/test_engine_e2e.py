@@ -1,0 +1,244 @@
+"""End-to-end tests of the pose engine: train, checkpoint, resume, predict frames and video."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from element_pose.engine.checkpoint import file_sha256, list_checkpoints
+from element_pose.engine.config import EngineConfig
+from element_pose.engine.metrics import evaluate
+from element_pose.engine.predict import load_model
+from element_pose.engine.train import train
+from element_pose.engine.video import VideoError
+
+BODYPARTS = ["head", "tail", "left", "right"]
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+OPENFIELD = SHARED / "openfield-Pranav-2018-10-30"
+
+
+def make_frames(n: int, seed: int, h: int = 96, w: int = 128) -> tuple[list[np.ndarray], np.ndarray]:
+    """Frames of a textured arena with one 'animal': a body with four coloured markers."""
+    rng = np.random.default_rng(seed)
+    frames, kps = [], []
+    base = cv2.GaussianBlur(rng.integers(40, 90, (h, w, 3)).astype(np.uint8), (0, 0), 2)
+    for _ in range(n):
+        img = base.copy()
+        cx, cy = rng.uniform(28, w - 28), rng.uniform(28, h - 28)
+        a = rng.uniform(0, 2 * np.pi)
+        u = np.array([np.cos(a), np.sin(a)])
+        v = np.array([-u[1], u[0]])
+        c = np.array([cx, cy])
+        pts = np.stack([c + 16 * u, c - 16 * u, c + 7 * v, c - 7 * v])
+        cv2.ellipse(img, (int(cx), int(cy)), (17, 8), np.degrees(a), 0, 360, (150, 150, 150), -1)
+        for p, col in zip(pts, [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)],
+                          strict=True):
+            cv2.circle(img, (int(round(p[0])), int(round(p[1]))), 3, col, -1)
+        kps.append(pts)
+        frames.append(img)
+    return frames, np.asarray(kps)
+
+
+def tiny_config(**changes) -> EngineConfig:
+    d = {"backbone": "resnet18", "backbone_stride": 8, "output_stride": 4, "head_channels": 32,
+         "input_scale": 1.0, "crop_size": 64, "batch_size": 8, "iterations": 500,
+         "sigma": 2.5, "locref_radius": 5.0, "num_threads": 1,
+         "augmentation": {"rotation": 180.0, "scale": [0.9, 1.1], "noise": 0.01, "blur": 0.0},
+         "optimizer": {"lr": 3e-3}, "schedule": {"warmup_iterations": 20},
+         "checkpoint_every": 250}
+    d.update(changes)
+    return EngineConfig.from_dict(d)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    frames, kps = make_frames(48, seed=0)
+    kps = kps.copy()
+    kps[3, 2] = np.nan  # a not-visible keypoint and an all-NaN frame are fine
+    kps[5] = np.nan
+    workdir = tmp_path_factory.mktemp("train")
+    t = time.perf_counter()
+    result = train(frames, kps, BODYPARTS, tiny_config(), workdir, progress=False)
+    seconds = time.perf_counter() - t
+    return result, frames, kps, workdir, seconds
+
+
+def test_end_to_end_tiny_network_learns(trained):
+    result, frames, kps, workdir, seconds = trained
+    assert result.iterations == 500
+    assert result.learning_curve.shape == (500, 2)
+    assert result.learning_curve[-20:, 1].mean() < 0.5 * result.learning_curve[:20, 1].mean()
+    assert result.device == "cpu"
+    assert set(result.versions) == {"torch", "torchvision", "numpy", "opencv", "python"}
+    assert result.checkpoint_path.is_file()
+    model = load_model(result.checkpoint_path, device="cpu")
+    assert model.bodyparts == BODYPARTS and model.device == "cpu"
+    assert model.config == tiny_config()
+    pred = model.predict_frames(frames)
+    assert pred.shape == (48, 4, 3) and pred.dtype == np.float32
+    m = evaluate(pred, kps)
+    # an untrained network is off by ~20 px on these 128x96 frames
+    assert m["median_error_px"] < 1.0, m
+    assert m["mean_error_px"] < 3.0, m
+    assert m["pck"][5.0] > 0.8, m["pck"]
+    test_frames, test_kps = make_frames(16, seed=1)
+    mt = evaluate(model.predict_frames(test_frames, batch_size=5), test_kps)
+    assert mt["median_error_px"] < 1.5, mt
+    assert mt["pck"][5.0] > 0.7, mt["pck"]
+    assert float(np.median(pred[..., 2])) > 0.6
+    # about 25 s on one idle core; the bound leaves room for a machine shared with other jobs
+    assert seconds < 60, f"training took {seconds:.0f} s"
+
+
+def test_predict_frames_original_coordinates_and_sizes(trained):
+    """Frames of another size and at another input scale map back to original pixels."""
+    result, frames, kps, _, _ = trained
+    model = load_model(result.checkpoint_path, device="cpu")
+    big = [cv2.resize(f, (256, 192), interpolation=cv2.INTER_LINEAR) for f in frames[:6]]
+    mixed = big[:3] + frames[:3]
+    pred = model.predict_frames(mixed, batch_size=2)
+    # the 2x frames are seen at 2x: predictions must be ~2x the small-frame labels
+    scaled = (kps[:3] + 0.5) * 2 - 0.5
+    err_big = np.nanmean(np.linalg.norm(pred[:3, :, :2] - scaled, axis=2))
+    err_small = np.nanmean(np.linalg.norm(pred[3:, :, :2] - kps[:3], axis=2))
+    assert err_small < 3.0 and err_big < 12.0
+    # a model working at half scale on double-size frames is back at the training scale
+    half = load_model(result.checkpoint_path, device="cpu")
+    half.config = half.config.replace(input_scale=0.5)
+    pred_half = half.predict_frames(big[:3])
+    err_half = np.nanmean(np.linalg.norm(pred_half[..., :2] - scaled, axis=2))
+    assert err_half < 6.0, err_half
+
+
+def test_predict_video_streams_all_frames(trained, tmp_path):
+    result, _, _, _, _ = trained
+    frames, kps = make_frames(30, seed=2)
+    paths = []
+    for part in range(2):
+        path = tmp_path / f"part{part}.avi"
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (128, 96))
+        assert writer.isOpened()
+        for f in frames[part * 15:(part + 1) * 15]:
+            writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+        writer.release()
+        paths.append(path)
+    model = load_model(result.checkpoint_path, device="cpu")
+    poses, stats = model.predict_video(paths, batch_size=4, progress=False)
+    assert poses.shape == (30, 4, 3) and poses.dtype == np.float32
+    assert stats["frames"] == 30 and stats["fps"] > 0 and stats["seconds"] > 0
+    assert evaluate(poses, kps)["mean_error_px"] < 4.0
+    # the video path agrees with the frame path (same decoding, BGR handled on the device)
+    decoded = []
+    for p in paths:
+        cap = cv2.VideoCapture(str(p))
+        while True:
+            ok, f = cap.read()
+            if not ok:
+                break
+            decoded.append(cv2.cvtColor(f, cv2.COLOR_BGR2RGB))
+    direct = model.predict_frames(decoded, batch_size=4)
+    assert np.allclose(direct, poses, atol=1e-3)
+    first, stats = model.predict_video(paths[0], batch_size=8, progress=False, stop=7)
+    assert first.shape == (7, 4, 3) and np.allclose(first, poses[:7], atol=1e-3)
+    with pytest.raises(VideoError):
+        model.predict_video(tmp_path / "missing.mp4", progress=False)
+
+
+def test_training_is_deterministic_and_resumes_after_crash(tmp_path):
+    frames, kps = make_frames(16, seed=3)
+    cfg = tiny_config(iterations=6, checkpoint_every=3, batch_size=4, head_channels=16)
+    a = train(frames, kps, BODYPARTS, cfg, tmp_path / "a", progress=False)
+    b = train(frames, kps, BODYPARTS, cfg, tmp_path / "b", progress=False)
+    assert np.array_equal(a.learning_curve, b.learning_curve)
+    wa = torch.load(a.checkpoint_path, weights_only=True)["state_dict"]
+    wb = torch.load(b.checkpoint_path, weights_only=True)["state_dict"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert file_sha256(a.checkpoint_path) != ""
+    # a different seed gives a different run
+    c = train(frames, kps, BODYPARTS, cfg.replace(seed=1), tmp_path / "c", progress=False)
+    assert not np.array_equal(a.learning_curve, c.learning_curve)
+    # simulate a crash after iteration 3: drop the newer checkpoint and the final model file
+    crashed = tmp_path / "b"
+    for it, path in list_checkpoints(crashed):
+        if it > 3:
+            path.unlink()
+    (crashed / "model.pt").unlink()
+    assert [it for it, _ in list_checkpoints(crashed)] == [3]
+    resumed = train(frames, kps, BODYPARTS, cfg, crashed, progress=False)
+    assert resumed.iterations == 6
+    assert np.array_equal(resumed.learning_curve, a.learning_curve)
+    wr = torch.load(resumed.checkpoint_path, weights_only=True)["state_dict"]
+    assert all(torch.equal(wa[k], wr[k]) for k in wa)
+    # a finished run returns at once; another config in the same workdir is refused
+    again = train(frames, kps, BODYPARTS, cfg, crashed, progress=False)
+    assert again.iterations == 6
+    with pytest.raises(ValueError, match="different configuration"):
+        train(frames, kps, BODYPARTS, cfg.replace(seed=5), crashed, progress=False)
+
+
+def test_time_budget_stops_training(tmp_path):
+    frames, kps = make_frames(8, seed=4)
+    cfg = tiny_config(iterations=None, max_seconds=2.0, head_channels=8)
+    r = train(frames, kps, BODYPARTS, cfg, tmp_path, progress=False)
+    assert 1 <= r.iterations < 1000
+    assert 2.0 <= r.train_seconds < 10.0
+
+
+def test_train_rejects_bad_input(tmp_path):
+    frames, kps = make_frames(4, seed=5)
+    cfg = tiny_config(iterations=1)
+    with pytest.raises(ValueError, match="body parts"):
+        train(frames, kps[:, :3], BODYPARTS, cfg, tmp_path, progress=False)
+    with pytest.raises(ValueError, match="frames"):
+        train(frames[:3], kps, BODYPARTS, cfg, tmp_path, progress=False)
+    bad = kps.copy()
+    bad[0, 0, 0] = np.inf
+    with pytest.raises(ValueError, match="infinite"):
+        train(frames, bad, BODYPARTS, cfg, tmp_path, progress=False)
+    with pytest.raises(ValueError, match="flip_pairs"):
+        train(frames, kps, BODYPARTS, cfg.replace(flip_pairs=[["left", "rgt"]]), tmp_path,
+              progress=False)
+    with pytest.raises(ValueError, match="not an element-pose model file"):
+        p = tmp_path / "x.pt"
+        torch.save({"a": 1}, p)
+        load_model(p)
+
+
+# ------------------------------------------------------------------------- real data
+
+
+def _read_openfield():
+    import csv
+
+    csv_path = OPENFIELD / "labeled-data" / "m4s1" / "CollectedData_Pranav.csv"
+    with open(csv_path, newline="") as f:
+        rows = list(csv.reader(f))
+    names = [r[0] for r in rows[3:]]
+    kp = np.array([[float(v) if v else np.nan for v in r[1:]] for r in rows[3:]])
+    bodyparts = list(dict.fromkeys(rows[1][1:]))
+    return names, bodyparts, kp.reshape(len(names), len(bodyparts), 2)
+
+
+@pytest.mark.shared_data
+@pytest.mark.skipif(not OPENFIELD.is_dir(), reason="../shared/data/openfield not present")
+def test_openfield_short_training_and_video(tmp_path):
+    names, bodyparts, kp = _read_openfield()
+    split = json.loads((OPENFIELD / "split.json").read_text())
+    index = {n: i for i, n in enumerate(names)}
+    train_idx = [index[n] for n in split["train"]][:16]
+    images = [cv2.cvtColor(cv2.imread(str(OPENFIELD / names[i])), cv2.COLOR_BGR2RGB)
+              for i in train_idx]
+    cfg = EngineConfig.from_dict({"iterations": 4, "batch_size": 4, "num_threads": 2})
+    result = train(images, kp[train_idx], bodyparts, cfg, tmp_path, progress=False)
+    model = load_model(result.checkpoint_path, device="cpu")
+    poses, stats = model.predict_video(OPENFIELD / "videos" / "m3v1mp4.mp4", batch_size=8,
+                                       progress=False, stop=24)
+    assert poses.shape == (24, 4, 3) and stats["frames"] == 24
+    assert np.all((poses[..., 0] > -16) & (poses[..., 0] < 656))
+    assert np.all((poses[..., 2] >= 0) & (poses[..., 2] <= 1))
