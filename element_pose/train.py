@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
-import tempfile
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -564,6 +564,8 @@ class ModelTraining(dj.Computed):
         self.insert1({**key, "weights": weights_path, "weights_sha256": sha, "learning_curve": curve,
                       "iterations": iterations, "train_seconds": seconds, "training_device": device,
                       "versions": versions})
+        # The weights are in the object store now; the resumable checkpoints are not needed.
+        shutil.rmtree(Path(weights_path).parent, ignore_errors=True)
 
 
 def _plain(key: dict) -> dict:
@@ -571,11 +573,22 @@ def _plain(key: dict) -> dict:
     return {k: (v.item() if hasattr(v, "item") else v) for k, v in key.items()}
 
 
-def fetch_weights(table: dj.Table, key: dict, attribute: str = "weights") -> Path:
-    """Copy a stored checkpoint to a local temporary file and return its path."""
-    ref = (table & key).fetch1(attribute)
-    target = Path(tempfile.mkdtemp(prefix="element_pose_")) / "weights.pt"
-    target.write_bytes(ref.read())
+def fetch_weights(table: dj.Table, key: dict) -> Path:
+    """A local copy of a row's ``weights`` checkpoint, verified against ``weights_sha256``.
+
+    Copies are cached by hash under ``<ELEMENT_POSE_HOME>/cache/weights`` so repeated
+    evaluations and analyses read the object store once.
+    """
+    row = (table & key).fetch1("weights_sha256")
+    target = db.home() / "cache" / "weights" / f"{row}.pt"
+    if not target.is_file() or sha256_file(target) != row:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".part")
+        partial.write_bytes((table & key).fetch1("weights").read())
+        if sha256_file(partial) != row:
+            partial.unlink()
+            raise ValueError(f"Stored weights of {key} do not match their sha256; the object store is corrupt.")
+        partial.replace(target)
     return target
 
 
