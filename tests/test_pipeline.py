@@ -284,3 +284,25 @@ def write_clip(source, target, n_frames: int) -> None:
     for frame in frames:
         writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     writer.release()
+
+
+def test_two_processes_populating_at_once_do_the_work_once(pipeline, trained):
+    """Two workers with reserve_jobs=True: one analysis, no error, no duplicate rows."""
+    import os
+    import subprocess
+    import sys
+
+    model = pipeline.model
+    recording = model.VideoRecording.add(trained["session"], 9, {"device": "cam_e2e"},
+                                         [trained["sample"].video_path])
+    model.RecordingInfo.populate(recording)
+    key = model.PoseEstimationTask.add(recording, trained["model"])
+    script = ("from workflow.pipeline import model\n"
+              f"model.PoseEstimation.populate({key!r}, reserve_jobs=True)\n")
+    workers = [subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    results = [w.communicate(timeout=600) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], results
+    assert len(model.PoseEstimation & key) == 1
+    assert len(model.PoseEstimation.BodyPartPosition & key) == len(BODYPARTS)
