@@ -93,6 +93,11 @@ def _start_embedded() -> tuple[str, int]:
 def _configure_store() -> str:
     stores = dict(dj.config.stores)
     if STORE not in stores:
+        if server_configured():
+            logger.warning(
+                "No object store '%s' is configured for the lab server; using %s on this machine. "
+                "Other machines will not find its files: set DJ_STORES or stores.%s in "
+                "datajoint.json to a shared folder or bucket.", STORE, home() / "store", STORE)
         location = home() / "store"
         location.mkdir(parents=True, exist_ok=True)
         stores[STORE] = {"protocol": "file", "location": str(location)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -154,6 +155,9 @@ class RecordingInfo(dj.Imported):
         infos = [probe_video(p, progress=True) for p in VideoRecording.file_paths(key)]
         first = infos[0]
         for info in infos[1:]:
+            if abs(info.fps - first.fps) > 1e-3 * first.fps:
+                raise VideoError(f"{info.path} runs at {info.fps:g} fps but {first.path} at {first.fps:g}; "
+                                 "files of one recording must share a frame rate.")
             if (info.width, info.height) != (first.width, first.height):
                 raise VideoError(
                     f"{info.path} is {info.width}x{info.height} but {first.path} is "
@@ -322,11 +326,19 @@ class ModelEvaluation(dj.Computed):
     @property
     def key_source(self):
         # Only pairs whose body parts match: a model cannot be scored on other keypoints.
+        # Single-animal datasets only, like the engine.
+        single = train.LabeledDataset - (train.LabeledDataset.Individual & "individual_index > 0")
         pairs = (Model.proj(model_bp="bodyparts_sha256") * train.DataSplit.proj()
-                 * train.LabeledDataset.proj(data_bp="bodyparts_sha256"))
+                 * single.proj(data_bp="bodyparts_sha256"))
         return (pairs & "model_bp = data_bp").proj()
 
-    def make(self, key: dict) -> None:
+    def make_fetch(self, key: dict) -> tuple:
+        dataset = (train.LabeledDataset & key).fetch1("content_sha256")
+        return ((Model & key).fetch1("weights_sha256"), dataset,
+                (train.DataSplit & key).fetch1("split_sha256"))
+
+    def make_compute(self, key: dict, *_hashes) -> tuple:
+        # The network runs here, outside any database transaction.
         from .engine.metrics import evaluate
 
         dataset = {"dataset": key["dataset"]}
@@ -338,16 +350,17 @@ class ModelEvaluation(dj.Computed):
         net = Model.load(key)
         pcutoff = float((Model & key).fetch1("config").get("pcutoff", DEFAULT_PCUTOFF))
         order = [data_parts.index(p) for p in parts]
-        results, rows = {}, []
+        results, frames = {}, []
         for subset in ("train", "test"):
             ids = train.DataSplit.frame_ids(key, subset)
             truth = train.LabeledDataset.keypoints(dataset, ids)[:, 0][:, order]
             pred = net.predict_frames(train.LabeledDataset.images(dataset, ids, progress=True))
             results[subset] = evaluate(pred, truth, pcutoff=pcutoff, pck_thresholds=(5.0, 10.0))
-            for i, frame_id in enumerate(ids):
-                err = results[subset]["per_frame_error_px"][i]
-                rows.append({**key, "frame_id": frame_id, "error_px": _num(err),
-                             "prediction": np.asarray(pred[i], dtype=np.float32)})
+            frames += [(frame_id, _num(results[subset]["per_frame_error_px"][i]),
+                        np.asarray(pred[i], dtype=np.float32)) for i, frame_id in enumerate(ids)]
+        return pcutoff, parts, results, frames
+
+    def make_insert(self, key: dict, pcutoff, parts, results, frames) -> None:
         tr, te = results["train"], results["test"]
         self.insert1({
             **key,
@@ -365,7 +378,7 @@ class ModelEvaluation(dj.Computed):
              "test_error_px": _num(te["per_bodypart_error_px"][k])}
             for k, p in enumerate(parts)
         )
-        self.Frame.insert(rows)
+        self.Frame.insert({**key, "frame_id": f, "error_px": e, "prediction": p} for f, e, p in frames)
 
 
 def _num(value) -> float | None:
@@ -407,9 +420,18 @@ class PoseEstimationTask(dj.Manual):
             if output_path is None:
                 raise ValueError("mode='load' needs output_path, the DeepLabCut .h5 to import.")
             relative = to_relative(to_full(output_path, _root_dirs), _root_dirs)
-        key = {**(RecordingInfo & recording_key).keys()[0], "model_name": (Model & model_key).fetch1("model_name")}
-        cls.insert1({**key, "task_mode": mode, "output_path": relative,
-                     "inference_params": {"batch_size": batch_size}}, skip_duplicates=True)
+        recordings = (RecordingInfo & recording_key).keys()
+        if len(recordings) != 1:
+            raise ValueError(f"{recording_key} matches {len(recordings)} recordings; give exactly one.")
+        key = {**recordings[0], "model_name": (Model & model_key).fetch1("model_name")}
+        row = {**key, "task_mode": mode, "output_path": relative, "inference_params": {"batch_size": batch_size}}
+        if cls & key:
+            existing = (cls & key).fetch1()
+            if any(existing[k] != row[k] for k in ("task_mode", "output_path", "inference_params")):
+                raise ValueError(f"A different task for {key} exists: {existing['task_mode']!r} "
+                                 f"{existing['output_path']!r}; delete it first to change it.")
+            return key
+        cls.insert1(row)
         return key
 
 
@@ -481,12 +503,16 @@ class PoseEstimation(dj.Computed):
         )
 
     @classmethod
+    def _one_key(cls, key: dict) -> dict:
+        keys = (cls & key).keys()
+        if len(keys) != 1:
+            raise ValueError(f"Expected one PoseEstimation row for {key}, found {len(keys)}; restrict the key.")
+        return keys[0]
+
+    @classmethod
     def pose_array(cls, key: dict) -> tuple[np.ndarray, list[str]]:
         """(frames, bodyparts, 3) array and body-part names of one pose estimation."""
-        key = (cls & key).keys()
-        if len(key) != 1:
-            raise ValueError(f"Expected one PoseEstimation row, found {len(key)}; restrict the key.")
-        return _pose_from_parts(cls.BodyPartPosition, key[0])
+        return _pose_from_parts(cls.BodyPartPosition, cls._one_key(key))
 
     @classmethod
     def get_trajectory(cls, key: dict, body_parts: Sequence[str] | None = None) -> pd.DataFrame:
@@ -494,6 +520,7 @@ class PoseEstimation(dj.Computed):
         ``time`` column (seconds, from ``RecordingInfo.timestamps``); one row per frame."""
         from .io.dlc import pose_to_dataframe
 
+        key = cls._one_key(key)
         pose, parts = cls.pose_array(key)
         if body_parts is not None:
             unknown = sorted(set(body_parts) - set(parts))
@@ -511,6 +538,7 @@ class PoseEstimation(dj.Computed):
         """Write DeepLabCut-format ``.h5`` (key ``df_with_missing``) and ``.csv`` files."""
         from .io.dlc import write_dlc_output
 
+        key = cls._one_key(key)
         pose, parts = cls.pose_array(key)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -642,20 +670,28 @@ class LabeledVideo(dj.Computed):
         if filter_id is None:
             pose, parts = PoseEstimation.pose_array(key)
         else:
-            pose, parts = FilteredPose.pose_array({**key, "filter_paramset_id": filter_id})
+            filtered = {**PoseEstimation._one_key(key), "filter_paramset_id": filter_id}
+            if not FilteredPose & filtered:
+                raise ValueError(f"No FilteredPose for {filtered}; run FilteredPose.populate() first.")
+            pose, parts = FilteredPose.pose_array(filtered)
         skeleton = Model.skeleton(key) if draw_skeleton else []
-        out = Path(tempfile.mkdtemp(prefix="element_pose_video_")) / "labeled.mp4"
-        write_labeled_video([to_full(f, _root_dirs) for f in files], pose, parts, out, pcutoff=pcutoff,
-                            skeleton=skeleton, hide_below_cutoff=hide, progress=True)
+        folder = Path(tempfile.mkdtemp(prefix="element_pose_video_"))
+        out = folder / "labeled.mp4"
+        try:
+            write_labeled_video([to_full(f, _root_dirs) for f in files], pose, parts, out, pcutoff=pcutoff,
+                                skeleton=skeleton, hide_below_cutoff=hide, progress=True)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         info = (RecordingInfo & key).fetch1()
         return str(out), int(info["frame_count"]), int(info["px_width"]), int(info["px_height"])
 
     def make_insert(self, key, path, frame_count, width, height) -> None:
-        import shutil
-
-        self.insert1({**key, "video": path, "video_frame_count": frame_count, "video_width": width,
-                      "video_height": height})
-        shutil.rmtree(Path(path).parent, ignore_errors=True)  # the store holds it now
+        try:
+            self.insert1({**key, "video": path, "video_frame_count": frame_count, "video_width": width,
+                          "video_height": height})
+        finally:
+            shutil.rmtree(Path(path).parent, ignore_errors=True)  # the store holds it now
 
 
 def export_nwb(key: dict, path: str | Path, filter_paramset_id: int | None = None,
@@ -668,10 +704,7 @@ def export_nwb(key: dict, path: str | Path, filter_paramset_id: int | None = Non
     from . import __version__
     from .io.nwb import export_nwb as write
 
-    key = (PoseEstimation & key).keys()
-    if len(key) != 1:
-        raise ValueError(f"Expected one PoseEstimation row, found {len(key)}; restrict the key.")
-    key = key[0]
+    key = PoseEstimation._one_key(key)
     if filter_paramset_id is None:
         pose, parts = PoseEstimation.pose_array(key)
     else:

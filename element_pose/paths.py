@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from element_interface.utils import find_full_path, find_root_directory
+from element_interface.utils import find_root_directory
 
 
 def _roots(get_roots: Callable[[], Sequence[str] | str] | None) -> list[Path]:
@@ -14,7 +14,7 @@ def _roots(get_roots: Callable[[], Sequence[str] | str] | None) -> list[Path]:
         return []
     roots = get_roots()
     roots = [roots] if isinstance(roots, (str, Path)) else list(roots or [])
-    return [Path(r) for r in roots]
+    return [Path(r).expanduser().resolve() for r in roots]
 
 
 def to_relative(path: str | Path, get_roots: Callable | None) -> str:
@@ -44,10 +44,12 @@ def to_full(path: str | Path, get_roots: Callable | None) -> Path:
             raise FileNotFoundError(f"{path} does not exist. Restore it or fix the stored path.")
         return path
     roots = _roots(get_roots)
-    try:
-        return Path(find_full_path(roots, path))
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"{path} was not found under any root data directory {[str(r) for r in roots]}. "
-            "Restore the file or add its root to get_pose_root_data_dir()."
-        ) from None
+    # Roots only, in order: element-interface's find_full_path would try the working directory
+    # first, where a same-named file could shadow the recording.
+    for root in roots:
+        if (root / path).exists():
+            return (root / path).resolve()
+    raise FileNotFoundError(
+        f"{path} was not found under any root data directory {[str(r) for r in roots]}. "
+        "Restore the file or add its root to get_pose_root_data_dir()."
+    )

@@ -10,7 +10,9 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -439,6 +441,10 @@ class DataSplit(dj.Manual):
                     f"{len(unknown)} {label} frame(s) are not in dataset {dataset['dataset']!r}, "
                     f"e.g. {unknown[:3]}. Use names as in LabeledDataset.Frame.frame_name."
                 )
+        for label, names in (("train", train), ("test", test)):
+            if len(set(names)) != len(names):
+                dupes = sorted({n for n in names if names.count(n) > 1})
+                raise ValueError(f"{label} lists {len(dupes)} frame(s) twice, e.g. {dupes[:3]}.")
         overlap = sorted(set(train) & set(test))
         if overlap:
             raise ValueError(f"{len(overlap)} frame(s) are in both train and test, e.g. {overlap[:3]}.")
@@ -508,7 +514,7 @@ class TrainingTask(dj.Manual):
     definition = """
     -> DataSplit
     -> TrainingParamSet
-    run_id=0: int16                   # repeat runs (e.g. other seeds)
+    run_id=0: int16                   # repeat runs: run r trains with seed = params seed + r
     ---
     task_description='': varchar(1000)
     """
@@ -532,30 +538,40 @@ class ModelTraining(dj.Computed):
     """
 
     def make_fetch(self, key: dict) -> tuple:
+        # Plain, small values: DataJoint hashes them twice to detect changes during training.
         params = (TrainingParamSet & key).fetch1("params")
-        dataset = {"dataset": (DataSplit & key).fetch1("dataset")}
+        dataset = (LabeledDataset & (DataSplit & key)).fetch1()
         frame_ids = DataSplit.frame_ids(key, "train")
-        keypoints = LabeledDataset.keypoints(dataset, frame_ids)
-        shas = {r["frame_id"]: r["image_sha256"] for r in (LabeledDataset.Frame & dataset).to_dicts()}
-        return (canonical_json(params), tuple(LabeledDataset.bodyparts(dataset)), tuple(frame_ids),
-                keypoints, tuple(shas[f] for f in frame_ids))
+        keypoints = LabeledDataset.keypoints({"dataset": dataset["dataset"]}, frame_ids)
+        fingerprint = sha256_json({
+            "params": params, "data": dataset["content_sha256"],
+            "split": (DataSplit & key).fetch1("split_sha256"), "run_id": int(key["run_id"]),
+            "labels": sha256_bytes(np.nan_to_num(keypoints, nan=-1.0).tobytes()),
+        })
+        return canonical_json(params), tuple(frame_ids), fingerprint
 
-    def make_compute(self, key, params_json, bodyparts, frame_ids, keypoints, _image_shas) -> tuple:
+    def make_compute(self, key, params_json, frame_ids, fingerprint) -> tuple:
         import json
 
         from .engine.config import EngineConfig
         from .engine.train import train
 
+        dataset = {"dataset": (DataSplit & key).fetch1("dataset")}
+        keypoints = LabeledDataset.keypoints(dataset, frame_ids)
         if keypoints.shape[1] != 1:
             raise NotImplementedError(
-                f"Dataset has {keypoints.shape[1]} individuals; the bundled engine trains "
-                "single-animal models only for now."
+                f"Dataset {dataset['dataset']} has {keypoints.shape[1]} individuals; the bundled "
+                "engine trains single-animal models only for now."
             )
-        dataset = {"dataset": (DataSplit & key).fetch1("dataset")}
         images = LabeledDataset.images(dataset, frame_ids, progress=True)
         config = EngineConfig.from_dict(json.loads(params_json))
-        workdir = get_pose_processed_data_dir() / "training" / sha256_json(_plain(key))[:16]
-        result = train(images, keypoints[:, 0], list(bodyparts), config, workdir=workdir, progress=True)
+        # Repeat runs differ by seed; the default run 0 keeps the configured seed.
+        config = config.replace(seed=config.seed + int(key["run_id"]))
+        # The work folder (resumable checkpoints) is named by everything the result depends
+        # on, so a re-imported dataset or a new split never resumes an old run.
+        workdir = get_pose_processed_data_dir() / "training" / fingerprint[:24]
+        result = train(images, keypoints[:, 0], LabeledDataset.bodyparts(dataset), config,
+                       workdir=workdir, progress=True)
         return (str(result.checkpoint_path), sha256_file(result.checkpoint_path),
                 np.asarray(result.learning_curve, dtype=np.float64), int(result.iterations),
                 float(result.train_seconds), str(result.device), dict(result.versions))
@@ -568,11 +584,6 @@ class ModelTraining(dj.Computed):
         shutil.rmtree(Path(weights_path).parent, ignore_errors=True)
 
 
-def _plain(key: dict) -> dict:
-    """A key with numpy scalars turned into Python values (for hashing)."""
-    return {k: (v.item() if hasattr(v, "item") else v) for k, v in key.items()}
-
-
 def fetch_weights(table: dj.Table, key: dict) -> Path:
     """A local copy of a row's ``weights`` checkpoint, verified against ``weights_sha256``.
 
@@ -583,12 +594,17 @@ def fetch_weights(table: dj.Table, key: dict) -> Path:
     target = db.home() / "cache" / "weights" / f"{row}.pt"
     if not target.is_file() or sha256_file(target) != row:
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(".part")
-        partial.write_bytes((table & key).fetch1("weights").read())
-        if sha256_file(partial) != row:
-            partial.unlink()
-            raise ValueError(f"Stored weights of {key} do not match their sha256; the object store is corrupt.")
-        partial.replace(target)
+        # A private temporary name: several workers may fetch the same model at once.
+        handle, partial = tempfile.mkstemp(dir=target.parent, suffix=".part")
+        try:
+            with os.fdopen(handle, "wb") as out:
+                out.write((table & key).fetch1("weights").read())
+            if sha256_file(partial) != row:
+                raise ValueError(f"Stored weights of {key} do not match their sha256; the object "
+                                 "store is corrupt.")
+            os.replace(partial, target)
+        finally:
+            Path(partial).unlink(missing_ok=True)
     return target
 
 

@@ -135,6 +135,15 @@ def test_multianimal_and_three_index_columns(tmp_path, sample):
     assert data.skeleton == [("nose", "tail")]
 
 
+def test_windows_paths_in_labels(tmp_path, sample):
+    project = _copy_project(sample, tmp_path)
+    csv_path = _csv(project)
+    csv_path.write_text(csv_path.read_text().replace("labeled-data/arena_cam/", "labeled-data\\arena_cam\\"))
+    data = read_dlc_project(project)
+    assert data.frame_names[0] == "labeled-data/arena_cam/img0000.png"
+    assert data.frames[0].source_video == "arena_cam"
+
+
 def test_h5_labels_read_like_csv(tmp_path, sample):
     project = _copy_project(sample, tmp_path)
     csv_path = _csv(project)
@@ -181,7 +190,7 @@ def test_openfield_import(pipeline):
     csv = pd.read_csv(project / "labeled-data/m4s1/CollectedData_Pranav.csv", header=[0, 1, 2], index_col=0)
     keypoints = train.LabeledDataset.keypoints(key)
     np.testing.assert_allclose(keypoints[0, 0, 0], [21.521, 265.428])
-    np.testing.assert_allclose(keypoints[-1, 0, 3], csv.iloc[-1][("Pranav", "tailbase")].to_numpy(float))
+    np.testing.assert_allclose(keypoints[-1, 0, 3], csv.iloc[-1].loc["Pranav"].loc["tailbase"].to_numpy(float))
     split = train.DataSplit.from_split_json(key, project / "split.json")
     assert len(train.DataSplit.frame_ids(split, "train")) == 96
     assert len(train.DataSplit.frame_ids(split, "test")) == 20

@@ -74,3 +74,13 @@ def test_recording_bad_files_insert_nothing(pipeline, session_key, data_root):
 
     with pytest.raises(TypeError, match="recording_id"):
         model.VideoRecording.add(session_key, "4", {"device": "cam0"}, [fake])
+
+
+def test_recording_files_must_share_frame_rate(pipeline, session_key, data_root):
+    model = pipeline.model
+    a = write_video(data_root / "rec5" / "a.mp4", 10, fps=20.0)
+    b = write_video(data_root / "rec5" / "b.mp4", 10, fps=25.0)
+    key = model.VideoRecording.add(session_key, 5, {"device": "cam0"}, [a, b])
+    with pytest.raises(VideoError, match="frame rate"):
+        model.RecordingInfo.populate(key)
+    assert not model.RecordingInfo & key

@@ -69,7 +69,9 @@ def run_demo(out_dir: str | Path | None = None, train_seconds: float | None = No
 
     print(connection_info.describe())
     root = Path(get_pose_root_data_dir()[0])
-    out = Path(out_dir) if out_dir else root.parent / "demo"
+    from element_pose.db import home
+
+    out = Path(out_dir) if out_dir else home() / "demo"
     out.mkdir(parents=True, exist_ok=True)
 
     _step("Generating sample videos (a mouse-like animal on a textured arena)")
@@ -78,7 +80,8 @@ def run_demo(out_dir: str | Path | None = None, train_seconds: float | None = No
         folder = root / "demo" / f"session{session_id}"
         video = folder / "arena_cam.mp4"
         labeled = session_id == 1
-        if not video.exists():
+        # config.yaml is written last: its presence means a complete sample.
+        if not (folder / "dlc-project" / "config.yaml").exists():
             samples[session_id] = make_sample(folder, n_frames=300, n_labeled=80 if labeled else 1,
                                               width=320, height=240, seed=seed)
         print(f"session {session_id}: {video}")
@@ -113,7 +116,8 @@ def run_demo(out_dir: str | Path | None = None, train_seconds: float | None = No
     train.ModelTraining.populate(task, display_progress=True)
     training = (train.ModelTraining & task).fetch1()
     print(f"{training['iterations']} iterations in {training['train_seconds']:.0f} s on {training['training_device']}")
-    model_key = model.Model.from_training(task, "demo_resnet18", description="demo model")
+    model_key = model.Model.from_training(task, f"demo_resnet18_p{paramset['paramset_id']}",
+                                          description="demo model")
 
     _step("Evaluating")
     model.ModelEvaluation.populate(display_progress=True)

@@ -65,7 +65,8 @@ def _read_label_table(path: Path) -> tuple[list[str], list[tuple[str, str, str]]
         for col in frame.columns:
             named = dict(zip(levels, col, strict=True))
             cols.append((named.get("individuals", SINGLE), named["bodyparts"], named["coords"]))
-        index = ["/".join(map(str, i)) if isinstance(i, tuple) else str(i) for i in frame.index]
+        index = ["/".join(map(str, i)) if isinstance(i, tuple) else str(i).replace("\\", "/")
+                 for i in frame.index]
         scorer = str(frame.columns.get_level_values("scorer")[0])
         return index, cols, frame.to_numpy(dtype=float), scorer
 
@@ -79,11 +80,16 @@ def _read_label_table(path: Path) -> tuple[list[str], list[tuple[str, str, str]]
         )
     n_header = names.index("coords") + 1
     header = {r[0]: r for r in rows[:n_header]}
+    if "bodyparts" not in header or len({len(r) for r in rows[:n_header]}) != 1:
+        raise DLCFormatError(f"{path}: the header needs 'scorer', 'bodyparts' and 'coords' rows of "
+                             "equal length. Export labels from DeepLabCut again.")
     scorer_row = header["scorer"]
     n_index = 1
     while n_index < len(scorer_row) and scorer_row[n_index] == "":
         n_index += 1
     ncol = len(scorer_row) - n_index
+    if ncol < 2:
+        raise DLCFormatError(f"{path} has no label columns.")
     individuals = header.get("individuals", [None] * len(scorer_row))
     cols = [
         (individuals[n_index + j] or SINGLE, header["bodyparts"][n_index + j], header["coords"][n_index + j])
@@ -93,7 +99,8 @@ def _read_label_table(path: Path) -> tuple[list[str], list[tuple[str, str, str]]
     for line, row in enumerate(rows[n_header:], start=n_header + 1):
         if not row or not any(row):
             continue
-        index.append("/".join(c for c in row[:n_index] if c))
+        # DeepLabCut projects labeled on Windows store backslashes.
+        index.append("/".join(c for c in row[:n_index] if c).replace("\\", "/"))
         cells = row[n_index:] + [""] * (ncol - len(row[n_index:]))
         try:
             values.append([float(c) if c.strip() else np.nan for c in cells[:ncol]])
