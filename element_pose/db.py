@@ -83,8 +83,10 @@ def _start_embedded() -> tuple[str, int]:
     pgdata = home() / "pgdata"
     pgdata.mkdir(parents=True, exist_ok=True)
     if _embedded_server is None:
-        # cleanup_mode=None leaves the server running after exit, so the next process reuses it.
-        _embedded_server = pgserver.get_server(pgdata, cleanup_mode=None)
+        # By default the server keeps running after exit, so the next process reuses it at once;
+        # ELEMENT_POSE_KEEP_SERVER=0 stops it when the last process using it exits.
+        keep = os.environ.get("ELEMENT_POSE_KEEP_SERVER", "1") != "0"
+        _embedded_server = pgserver.get_server(pgdata, cleanup_mode=None if keep else "stop")
     info = _embedded_server.get_postmaster_info()
     host = str(info.socket_dir) if info.socket_dir else "127.0.0.1"
     return host, int(info.port or 5432)
