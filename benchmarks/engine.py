@@ -97,7 +97,9 @@ def forward_only_fps(model, video: Path, batch_size: int, frames: int) -> float:
         if model.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         batches.append(x)
-    with torch.inference_mode():
+    amp = model.config.cpu_bf16 if model.device == "cpu" else model.config.mixed_precision
+    with torch.inference_mode(), torch.autocast(torch.device(model.device).type,
+                                                dtype=torch.bfloat16, enabled=amp):
         model.network(batches[0])  # warm-up
         t = time.perf_counter()
         n = 0
@@ -186,6 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
         "params_m": round(count_parameters(model.network) / 1e6, 3),
         "input_scale": config.input_scale,
         "crop_size": config.crop_size,
+        "cpu_bf16": config.cpu_bf16,
         "batch_size": config.batch_size,
         "train_frames": len(train_idx),
         "test_frames": len(test_idx),

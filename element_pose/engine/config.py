@@ -168,6 +168,10 @@ class EngineConfig:
         ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
     mixed_precision : bool
         Automatic mixed precision on CUDA (ignored on CPU).
+    cpu_bf16 : bool
+        bfloat16 autocast on CPU, for CPUs with native bf16 (AVX512-BF16 or AMX): on the
+        benchmark machine it made ResNet-50 training 1.7x and inference 2.2x faster. Off by
+        default: the light configuration's accuracy figures were measured in float32.
     channels_last : bool
         Channels-last memory format (on CUDA and CPU, where oneDNN prefers it).
     num_threads : int or None
@@ -205,6 +209,7 @@ class EngineConfig:
     seed: int = 0
     device: str = "auto"
     mixed_precision: bool = True
+    cpu_bf16: bool = False
     channels_last: bool = True
     num_threads: int | None = None
     pretrained: str = "none"

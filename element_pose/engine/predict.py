@@ -67,7 +67,10 @@ class PoseModel:
         if self._channels_last:
             net = net.to(memory_format=torch.channels_last)
         self.network = net
-        self._amp = config.mixed_precision and dev.type == "cuda"
+        self._amp = (config.mixed_precision if dev.type == "cuda" else
+                     config.cpu_bf16 and dev.type == "cpu")
+        self._amp_dtype = (torch.bfloat16 if dev.type == "cpu" or torch.cuda.is_bf16_supported()
+                           else torch.float16) if self._amp else torch.bfloat16
 
     # -- core ------------------------------------------------------------------------
 
@@ -89,7 +92,7 @@ class PoseModel:
         x = self.network.normalize(x)
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self._dev.type, enabled=self._amp):
+        with torch.autocast(self._dev.type, dtype=self._amp_dtype, enabled=self._amp):
             heat, off = self.network(x)
         pose = decode(heat.float(), off.float(), self.network.output_stride)
         rx, ry = nw / w, nh / h

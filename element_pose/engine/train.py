@@ -179,8 +179,11 @@ def _train(imgs: list[np.ndarray], kp: np.ndarray, bodyparts: list[str], config:
         [{"params": decay, "weight_decay": opt.weight_decay},
          {"params": no_decay, "weight_decay": 0.0}],
         lr=opt.lr, betas=opt.betas)
-    amp = config.mixed_precision and device.type == "cuda"
-    amp_dtype = (torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16)
+    if device.type == "cuda":
+        amp = config.mixed_precision
+        amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+    else:
+        amp, amp_dtype = config.cpu_bf16 and device.type == "cpu", torch.bfloat16
     scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
 
     start, elapsed_before, curve = 0, 0.0, []
