@@ -113,18 +113,12 @@ def augment_sample(image: np.ndarray, keypoints: np.ndarray, crop_size: int,
     zoom = math.exp(rng.uniform(math.log(lo), math.log(hi))) if hi > lo else lo
     flip = bool(aug.flip > 0 and rng.random() < aug.flip)
     if visible.any() and rng.random() < aug.crop_around_keypoints:
+        # Centre on the labeled animal, with a random shift. Labels that span more than the
+        # crop (mirror views, large animals) need a crop_size that covers them.
         pts = kp[visible]
-        lo_pt, hi_pt = pts.min(axis=0), pts.max(axis=0)
-        if (hi_pt - lo_pt).max() * zoom <= 0.8 * crop_size:
-            # The animal fits: centre on it, with a random shift.
-            center = (lo_pt + hi_pt) / 2.0
-            shift = rng.uniform(-aug.translate, aug.translate, size=2) * crop_size / zoom
-            center = center + shift
-        else:
-            # Labels span more than the crop (large animal, mirror views): centre near a
-            # random visible keypoint, so every body part is seen in crops over time.
-            anchor = pts[rng.integers(len(pts))]
-            center = anchor + rng.uniform(-0.4, 0.4, size=2) * crop_size / zoom
+        center = (pts.min(axis=0) + pts.max(axis=0)) / 2.0
+        shift = rng.uniform(-aug.translate, aug.translate, size=2) * crop_size / zoom
+        center = center + shift
     else:
         center = np.array([rng.uniform(0, w - 1), rng.uniform(0, h - 1)])
     matrix = affine_matrix((float(center[0]), float(center[1])), crop_size, angle, zoom, flip)
