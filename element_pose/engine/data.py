@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 from element_pose.engine.augment import augment_sample, flip_permutation, scale_image
+from element_pose.engine.background import in_background
 from element_pose.engine.config import EngineConfig
 
 
@@ -120,36 +119,5 @@ class TrainingSet:
     def stream(self, start: int, stop: int, prefetch: int = 3
                ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """Batches ``start <= i < stop`` prepared in a background thread (bounded queue)."""
-        q: queue.Queue = queue.Queue(maxsize=prefetch)
-        halt = threading.Event()
-
-        def work() -> None:
-            try:
-                for i in range(start, stop):
-                    if halt.is_set():
-                        return
-                    item = (i, *self.batch(i))
-                    while not halt.is_set():
-                        try:
-                            q.put(item, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-            except BaseException as exc:  # surfaced in the consumer
-                q.put(exc)
-                return
-            q.put(None)
-
-        thread = threading.Thread(target=work, name="element-pose-augment", daemon=True)
-        thread.start()
-        try:
-            while True:
-                item = q.get()
-                if item is None:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            halt.set()
-            thread.join(timeout=5)
+        return in_background(((i, *self.batch(i)) for i in range(start, stop)), prefetch,
+                             "element-pose-augment")

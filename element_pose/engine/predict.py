@@ -9,8 +9,6 @@ memory stays flat however long the video.
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -21,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from element_pose.engine.background import in_background
 from element_pose.engine.checkpoint import file_sha256, load_model_file
 from element_pose.engine.config import EngineConfig
 from element_pose.engine.data import validate_images
@@ -215,68 +214,39 @@ def iter_video_batches(paths: Sequence[str | Path], batch_size: int, stop: int |
     Frames of several files are concatenated; a batch never mixes frame sizes. The queue
     holds at most ``prefetch`` batches, so memory is bounded.
     """
-    q: queue.Queue = queue.Queue(maxsize=prefetch)
-    halt = threading.Event()
+    return in_background(_decode_batches(paths, batch_size, stop), prefetch, "element-pose-decode")
 
-    def put(item: object) -> bool:
-        while not halt.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
 
-    def work() -> None:
+def _decode_batches(paths: Sequence[str | Path], batch_size: int, stop: int | None
+                    ) -> Iterator[np.ndarray]:
+    """Consecutive BGR frames of the files, in batches that never mix frame sizes."""
+    count = 0
+    for path in paths:
+        cap = _open(path)
         try:
-            count = 0
-            for path in paths:
-                cap = _open(path)
-                try:
-                    buf: np.ndarray | None = None
-                    n = 0
-                    while stop is None or count < stop:
-                        ok, frame = cap.read()
-                        if not ok:
-                            break
-                        if buf is not None and frame.shape != buf.shape[1:]:
-                            if not put(buf[:n].copy()):
-                                return
-                            buf, n = None, 0
-                        if buf is None:
-                            buf = np.empty((batch_size, *frame.shape), dtype=np.uint8)
-                        buf[n] = frame
-                        n += 1
-                        count += 1
-                        if n == batch_size:
-                            if not put(buf):
-                                return
-                            buf, n = None, 0
-                    if buf is not None and n:
-                        if not put(buf[:n]):
-                            return
-                finally:
-                    cap.release()
-                if stop is not None and count >= stop:
+            buf: np.ndarray | None = None
+            n = 0
+            while stop is None or count < stop:
+                ok, frame = cap.read()
+                if not ok:
                     break
-        except BaseException as exc:
-            put(exc)
-            return
-        put(None)
-
-    thread = threading.Thread(target=work, name="element-pose-decode", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        halt.set()
-        thread.join(timeout=5)
+                if buf is not None and frame.shape != buf.shape[1:]:
+                    yield buf[:n].copy()
+                    buf, n = None, 0
+                if buf is None:
+                    buf = np.empty((batch_size, *frame.shape), dtype=np.uint8)
+                buf[n] = frame
+                n += 1
+                count += 1
+                if n == batch_size:
+                    yield buf
+                    buf, n = None, 0
+            if buf is not None and n:
+                yield buf[:n]
+        finally:
+            cap.release()
+        if stop is not None and count >= stop:
+            break
 
 
 def load_model(checkpoint_path: str | Path, device: str = "auto") -> PoseModel:
