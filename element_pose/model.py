@@ -263,6 +263,32 @@ class Model(dj.Manual):
         return key
 
     @classmethod
+    def lineage(cls, key: dict) -> list[dict]:
+        """Provenance of a model, newest first: per model its name, the training run, dataset,
+        split, parameter set and the model it was fine-tuned from (None at the root)."""
+        out, name, seen = [], cls._one(key), set()
+        while name is not None and name not in seen:
+            seen.add(name)
+            row: dict = {"model_name": name, "parent_model": None}
+            run = (cls.Training & {"model_name": name}).to_dicts()
+            if run:
+                task = {k: run[0][k] for k in train.TrainingTask.primary_key}
+                row.update(task)
+                row["dataset"] = (train.DataSplit & task).fetch1("dataset")
+                parent = (TrainingInit & task).to_dicts()
+                row["parent_model"] = parent[0]["parent_model"] if parent else None
+            out.append(row)
+            name = row["parent_model"]
+        return out
+
+    @classmethod
+    def _one(cls, key: dict) -> str:
+        rows = (cls & key).to_dicts()
+        if len(rows) != 1:
+            raise ValueError(f"{key} matches {len(rows)} models; give one model_name.")
+        return rows[0]["model_name"]
+
+    @classmethod
     def bodyparts(cls, key: dict) -> list[str]:
         """The model's body parts in output order."""
         return [r["body_part"] for r in (cls.BodyPart & key).to_dicts(order_by="part_index")]
@@ -281,6 +307,23 @@ class Model(dj.Manual):
         from .engine.predict import load_model
 
         return load_model(train.fetch_weights(cls, key), device=device)
+
+
+@schema
+class TrainingInit(dj.Manual):
+    """The stored model a training task starts from: fine-tuning a lab's earlier model.
+
+    Every weight of the parent is copied; the output channels of body parts it shares with
+    the task's dataset (by name) too, so a different body-part set works. Tasks without a row
+    start from their parameter set's ``pretrained`` setting (random or ImageNet weights, or
+    a local checkpoint). ``Model.lineage`` walks these links.
+    """
+
+    definition = """
+    -> train.TrainingTask
+    ---
+    -> Model.proj(parent_model='model_name')
+    """
 
 
 @schema
@@ -303,6 +346,9 @@ class ModelEvaluation(dj.Computed):
     test_pck5=null: float64
     train_pck10=null: float64
     test_pck10=null: float64
+    test_fraction_above_pcutoff=null: float64  # calibration: visible test labels predicted >= pcutoff
+    test_error_below_pcutoff_px=null: float64  # mean error of those predicted below it
+    test_absent_below_pcutoff=null: float64    # test keypoints not labeled (absent, occluded) predicted < pcutoff
     """
 
     class BodyPart(dj.Part):
@@ -372,6 +418,9 @@ class ModelEvaluation(dj.Computed):
             "test_median_error_px": _num(te["median_error_px"]),
             "train_pck5": _num(tr["pck"][5.0]), "test_pck5": _num(te["pck"][5.0]),
             "train_pck10": _num(tr["pck"][10.0]), "test_pck10": _num(te["pck"][10.0]),
+            "test_fraction_above_pcutoff": _num(te["fraction_above_pcutoff"]),
+            "test_error_below_pcutoff_px": _num(te["mean_error_below_pcutoff_px"]),
+            "test_absent_below_pcutoff": _num(te["absent_below_pcutoff"]),
         })
         self.BodyPart.insert(
             {**key, "body_part": p, "train_error_px": _num(tr["per_bodypart_error_px"][k]),

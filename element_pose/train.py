@@ -180,15 +180,18 @@ class LabeledDataset(dj.Manual):
 
     @classmethod
     def import_sleap(cls, path: str | Path, name: str, description: str = "",
-                     frames: Sequence[int] | slice | None = None) -> dict:
+                     frames: Sequence[int] | slice | None = None,
+                     include_predicted: bool = False) -> dict:
         """Import labels from a SLEAP ``.slp`` file (individuals and tracks kept).
 
         ``frames`` selects a subset of the labeled frames (positions in the file).
+        ``include_predicted`` also takes predicted instances where a frame has no user
+        instance (proofread predictions, as in sleap-anipose sessions).
         """
         from .io.sleap import read_sleap
 
         _check_name(name, "name")
-        data = read_sleap(path, frames=frames)
+        data = read_sleap(path, frames=frames, include_predicted=include_predicted)
         return cls.import_labels(data, name, source_format="sleap", description=description)
 
     @classmethod
@@ -522,15 +525,24 @@ class TrainingTask(dj.Manual):
 
 @schema
 class ModelTraining(dj.Computed):
-    """A training run of the bundled engine. Trains outside any database transaction."""
+    """A training run of the bundled engine. Trains outside any database transaction.
+
+    ``config`` is the configuration actually used: every ``"auto"`` value of the parameter
+    set resolved from the training frames (``auto_report`` says from what and why), so
+    inserting it as a new ``TrainingParamSet`` reproduces the model.
+    """
 
     definition = """
     -> TrainingTask
     ---
-    weights: <object@main>            # self-contained checkpoint (.pt)
+    weights: <object@main>            # self-contained checkpoint (.pt), the best snapshot
     weights_sha256: char(64)
-    learning_curve: <npy@main>        # (n, 2): iteration, loss
-    iterations: int32
+    learning_curve: <npy@main>        # (n, 2): iteration, training loss
+    validation_curve: <npy@main>      # (n, 2): iteration, mean error (px) on held-back training frames
+    iterations: int32                 # iterations run
+    best_iteration: int32             # iteration of the kept snapshot
+    config: json                      # resolved engine config (no "auto" left)
+    auto_report: json                 # dataset statistics and why each automatic value was chosen
     train_seconds: float64
     training_device: varchar(32)     # cpu | cuda:0 ...
     versions: json                    # library versions used
@@ -543,10 +555,12 @@ class ModelTraining(dj.Computed):
         dataset = (LabeledDataset & (DataSplit & key)).fetch1()
         frame_ids = DataSplit.frame_ids(key, "train")
         keypoints = LabeledDataset.keypoints({"dataset": dataset["dataset"]}, frame_ids)
+        init = initial_model(key)
         fingerprint = sha256_json({
             "params": params, "data": dataset["content_sha256"],
             "split": (DataSplit & key).fetch1("split_sha256"), "run_id": int(key["run_id"]),
             "labels": sha256_bytes(np.nan_to_num(keypoints, nan=-1.0).tobytes()),
+            "init": init["weights_sha256"] if init else None,
         })
         return canonical_json(params), tuple(frame_ids), fingerprint
 
@@ -570,18 +584,45 @@ class ModelTraining(dj.Computed):
         # The work folder (resumable checkpoints) is named by everything the result depends
         # on, so a re-imported dataset or a new split never resumes an old run.
         workdir = get_pose_processed_data_dir() / "training" / fingerprint[:24]
+        init = initial_model(key)
         result = train(images, keypoints[:, 0], LabeledDataset.bodyparts(dataset), config,
-                       workdir=workdir, progress=True)
-        return (str(result.checkpoint_path), sha256_file(result.checkpoint_path),
-                np.asarray(result.learning_curve, dtype=np.float64), int(result.iterations),
-                float(result.train_seconds), str(result.device), dict(result.versions))
+                       workdir=workdir, progress=True,
+                       init_checkpoint=init["path"]() if init else None)
+        report = dict(result.auto_report)
+        if init:  # provenance by name, not by a local cache path
+            report["initial_model"] = {**report.get("initial_model", {}),
+                                       "path": None, "model_name": init["model_name"]}
+        return (str(result.checkpoint_path), sha256_file(result.checkpoint_path), {
+            "learning_curve": np.asarray(result.learning_curve, dtype=np.float64),
+            "validation_curve": np.asarray(result.validation_curve, dtype=np.float64),
+            "iterations": int(result.iterations), "best_iteration": int(result.best_iteration),
+            "config": result.config, "auto_report": report,
+            "train_seconds": float(result.train_seconds), "training_device": str(result.device),
+            "versions": dict(result.versions)})
 
-    def make_insert(self, key, weights_path, sha, curve, iterations, seconds, device, versions) -> None:
-        self.insert1({**key, "weights": weights_path, "weights_sha256": sha, "learning_curve": curve,
-                      "iterations": iterations, "train_seconds": seconds, "training_device": device,
-                      "versions": versions})
+    def make_insert(self, key, weights_path, sha, values) -> None:
+        self.insert1({**key, "weights": weights_path, "weights_sha256": sha, **values})
         # The weights are in the object store now; the resumable checkpoints are not needed.
         shutil.rmtree(Path(weights_path).parent, ignore_errors=True)
+
+
+def initial_model(key: dict) -> dict | None:
+    """The stored model a training task starts from (``model.TrainingInit``), if any.
+
+    Returns ``{"model_name", "weights_sha256", "path"}`` where ``path()`` fetches a verified
+    local copy of its weights, or None when the task trains from its configured start.
+    """
+    from . import model as model_module
+
+    if not model_module.schema.is_activated():
+        return None
+    rows = (model_module.TrainingInit & {k: key[k] for k in TrainingTask.primary_key}).to_dicts()
+    if not rows:
+        return None
+    parent = {"model_name": rows[0]["parent_model"]}
+    sha = (model_module.Model & parent).fetch1("weights_sha256")
+    return {"model_name": parent["model_name"], "weights_sha256": sha,
+            "path": lambda: fetch_weights(model_module.Model, parent)}
 
 
 def fetch_weights(table: dj.Table, key: dict) -> Path:

@@ -15,7 +15,7 @@ from element_pose.engine.checkpoint import file_sha256, list_checkpoints
 from element_pose.engine.config import EngineConfig
 from element_pose.engine.metrics import evaluate
 from element_pose.engine.predict import load_model
-from element_pose.engine.train import train
+from element_pose.engine.train import EarlyStopping, train
 from element_pose.engine.video import VideoError
 
 BODYPARTS = ["head", "tail", "left", "right"]
@@ -45,6 +45,11 @@ def make_frames(n: int, seed: int, h: int = 96, w: int = 128) -> tuple[list[np.n
     return frames, np.asarray(kps)
 
 
+def hide_marker(frame: np.ndarray, point: np.ndarray) -> None:
+    """Paint a marker over with the body colour: the body part is then absent."""
+    cv2.circle(frame, (int(round(point[0])), int(round(point[1]))), 4, (150, 150, 150), -1)
+
+
 def tiny_config(**changes) -> EngineConfig:
     d = {"backbone": "resnet18", "backbone_stride": 8, "output_stride": 4, "head_channels": 32,
          "input_scale": 1.0, "crop_size": 64, "batch_size": 8, "iterations": 500,
@@ -62,6 +67,9 @@ def trained(tmp_path_factory):
     kps = kps.copy()
     kps[3, 2] = np.nan  # a not-visible keypoint and an all-NaN frame are fine
     kps[5] = np.nan
+    for i in range(2, 48, 4):  # the "right" marker absent in a quarter of the frames
+        hide_marker(frames[i], kps[i, 3])
+        kps[i, 3] = np.nan
     workdir = tmp_path_factory.mktemp("train")
     cpu = time.process_time()
     result = train(frames, kps, BODYPARTS, tiny_config(), workdir, progress=False)
@@ -219,6 +227,78 @@ def test_train_rejects_bad_input(tmp_path):
         p = tmp_path / "x.pt"
         torch.save({"a": 1}, p)
         load_model(p)
+
+
+def test_early_stopping_rule():
+    stop = EarlyStopping(patience=2)
+    assert stop.update(100, 10.0) and stop.iteration == 100
+    assert stop.update(200, 9.95) and stop.stale == 1  # the best, but within 1 %: stale
+    assert not stop.should_stop
+    assert stop.update(300, 8.0) and stop.stale == 0
+    assert not stop.update(400, 8.5) and not stop.update(500, 9.0)
+    assert stop.should_stop and (stop.error, stop.iteration) == (8.0, 300)
+
+
+def test_validation_curve_and_best_snapshot(tmp_path):
+    """Held-back training frames are scored during training; the model file holds the best
+    snapshot, whose validation error it reproduces."""
+    frames, kps = make_frames(24, seed=7)
+    cfg = tiny_config(iterations=120, validation_every=30, head_channels=16,
+                      validation_fraction=0.2)
+    r = train(frames, kps, BODYPARTS, cfg, tmp_path, progress=False)
+    assert r.validation_curve.shape == (4, 2)
+    assert r.validation_curve[:, 0].tolist() == [30, 60, 90, 120]
+    best = int(np.argmin(r.validation_curve[:, 1]))
+    assert r.best_iteration == r.validation_curve[best, 0]
+    val = r.auto_report["validation_frames"]
+    assert len(val) == 5
+    model = load_model(r.checkpoint_path, device="cpu")
+    error = evaluate(model.predict_frames([frames[i] for i in val]), kps[val])["mean_error_px"]
+    assert error == pytest.approx(r.validation_curve[best, 1], rel=1e-3)
+    assert r.config == cfg.to_dict()  # nothing was left automatic
+
+
+def test_fine_tune_from_a_model_with_other_body_parts(tmp_path, trained):
+    """A model trained on four parts starts a training on three of them plus a new one: the
+    shared parts keep their output weights, the new one starts fresh."""
+    result = trained[0]
+    parent = torch.load(result.checkpoint_path, weights_only=True)["state_dict"]
+    frames, kps = make_frames(12, seed=8)
+    parts = ["tail", "head", "nose"]
+    sub = kps[:, [1, 0, 2]]
+    cfg = tiny_config(iterations=1, optimizer={"lr": 1e-12}, validation_fraction=0.0,
+                      schedule={"warmup_iterations": 0})
+    r = train(frames, sub, parts, cfg, tmp_path / "ft", progress=False,
+              init_checkpoint=result.checkpoint_path)
+    assert r.auto_report["initial_model"]["matched_bodyparts"] == ["tail", "head"]
+    child = torch.load(r.checkpoint_path, weights_only=True)["state_dict"]
+    assert torch.allclose(child["heatmap.weight"][0], parent["heatmap.weight"][1], atol=1e-6)
+    assert torch.allclose(child["heatmap.weight"][1], parent["heatmap.weight"][0], atol=1e-6)
+    assert torch.allclose(child["locref.weight"][2:4], parent["locref.weight"][0:2], atol=1e-6)
+    assert not torch.allclose(child["heatmap.weight"][2], parent["heatmap.weight"][2], atol=1e-4)
+    # the fine-tuned model already finds the shared parts on new frames
+    pred = load_model(r.checkpoint_path, device="cpu").predict_frames(frames)
+    assert evaluate(pred[:, :2], sub[:, :2])["median_error_px"] < 3.0
+    # another architecture is refused before training, naming the key
+    with pytest.raises(ValueError, match="head_channels is 8 here but 32"):
+        train(frames, sub, parts, cfg.replace(head_channels=8), tmp_path / "ft2",
+              progress=False, init_checkpoint=result.checkpoint_path)
+
+
+def test_absent_parts_get_low_confidence(trained):
+    """Frames where a marker is not drawn (not labeled): the model says so with a low
+    likelihood, and the error above the cut-off is below the plain error."""
+    result = trained[0]
+    model = load_model(result.checkpoint_path, device="cpu")
+    frames, kps = make_frames(16, seed=9)
+    for f, p in zip(frames, kps[:, 3], strict=True):
+        hide_marker(f, p)
+    pred = model.predict_frames(frames)
+    truth = kps.copy()
+    truth[:, 3] = np.nan
+    m = evaluate(pred, truth, pcutoff=model.config.pcutoff)
+    assert m["absent_below_pcutoff"] >= 0.75, pred[:, 3, 2]
+    assert np.median(pred[:, :3, 2]) > model.config.pcutoff
 
 
 # ------------------------------------------------------------------------- real data

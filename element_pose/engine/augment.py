@@ -80,7 +80,8 @@ def apply_affine(keypoints: np.ndarray, matrix: np.ndarray) -> np.ndarray:
 
 def augment_sample(image: np.ndarray, keypoints: np.ndarray, crop_size: int,
                    aug: AugmentationConfig, rng: np.random.Generator,
-                   flip_perm: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   flip_perm: np.ndarray | None = None, target: int | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """One augmented training crop.
 
     Parameters
@@ -97,6 +98,10 @@ def augment_sample(image: np.ndarray, keypoints: np.ndarray, crop_size: int,
         Source of randomness (seed it for reproducible crops).
     flip_perm : np.ndarray, optional
         Body-part permutation applied when the crop is flipped.
+    target : int, optional
+        Centre the crop on this body part (when labeled). Otherwise the crop is centred on
+        the whole labeled animal with probability ``aug.crop_around_keypoints``, else on a
+        random point.
 
     Returns
     -------
@@ -112,13 +117,18 @@ def augment_sample(image: np.ndarray, keypoints: np.ndarray, crop_size: int,
     lo, hi = aug.scale
     zoom = math.exp(rng.uniform(math.log(lo), math.log(hi))) if hi > lo else lo
     flip = bool(aug.flip > 0 and rng.random() < aug.flip)
-    if visible.any() and rng.random() < aug.crop_around_keypoints:
-        # Centre on the labeled animal, with a random shift. Labels that span more than the
-        # crop (mirror views, large animals) need a crop_size that covers them.
+    shift = rng.uniform(-aug.translate, aug.translate, size=2) * crop_size / zoom
+    on_labels = visible.any() and rng.random() < aug.crop_around_keypoints
+    if crop_size >= max(h, w):
+        # The crop holds the whole frame: centre it on the frame, so no label falls outside
+        # because the crop was centred elsewhere.
+        center = np.array([(w - 1) / 2.0, (h - 1) / 2.0]) + shift
+    elif target is not None and visible[target]:
+        center = kp[target] + shift
+    elif on_labels:
+        # Centre on the whole labeled animal (the box around its labels).
         pts = kp[visible]
-        center = (pts.min(axis=0) + pts.max(axis=0)) / 2.0
-        shift = rng.uniform(-aug.translate, aug.translate, size=2) * crop_size / zoom
-        center = center + shift
+        center = (pts.min(axis=0) + pts.max(axis=0)) / 2.0 + shift
     else:
         center = np.array([rng.uniform(0, w - 1), rng.uniform(0, h - 1)])
     matrix = affine_matrix((float(center[0]), float(center[1])), crop_size, angle, zoom, flip)

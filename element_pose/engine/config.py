@@ -35,6 +35,10 @@ BACKBONES = (
 )
 
 
+#: Keys that may be ``"auto"``: chosen from the labeled data when training starts.
+AUTO_KEYS = ("input_scale", "output_stride", "crop_size", "iterations")
+
+
 class ConfigError(ValueError):
     """A configuration value that is unknown, of the wrong type, or out of range."""
 
@@ -65,8 +69,14 @@ class AugmentationConfig:
     grayscale : float
         Probability of converting the crop to gray (all three channels equal).
     crop_around_keypoints : float
-        Probability that the crop is centred on the labeled animal (the mean of its visible
-        keypoints) rather than on a uniformly random point of the frame.
+        Probability that the crop is centred on labels (the whole animal or one body part)
+        rather than on a uniformly random point of the frame.
+    part_crop_fraction : float
+        Of the crops centred on labels, the fraction that targets one body part: the part
+        is drawn so that every part ends up inside about as many training crops as the
+        others (parts labeled in few frames, or far from the rest of the animal such as at
+        the frame border, are targeted most), then a frame where it is labeled, and the crop
+        is centred on it. The other crops are centred on the whole labeled animal.
     """
 
     rotation: float = 30.0
@@ -79,6 +89,7 @@ class AugmentationConfig:
     blur: float = 0.2
     grayscale: float = 0.1
     crop_around_keypoints: float = 0.9
+    part_crop_fraction: float = 0.4
 
 
 @dataclass(frozen=True)
@@ -134,27 +145,38 @@ class EngineConfig:
     backbone_stride : {8, 16, 32}
         Where the backbone is cut: its stages up to this stride are kept. Cutting a ResNet at
         16 drops its most expensive, least useful stage for small-animal keypoints.
-    output_stride : {2, 4, 8, 16}
+    output_stride : {2, 4, 8, 16, "auto"}
         Stride of the heatmaps relative to the network input; the head upsamples from
         ``backbone_stride`` with 4x4 stride-2 deconvolutions. Must be <= backbone_stride.
     head_channels : int
         Channels of each deconvolution layer.
-    input_scale : float
+    input_scale : float or "auto"
         Frames are resized by this factor before the network (training and inference);
-        predictions are mapped back to original pixels.
+        predictions are mapped back to original pixels. ``"auto"``: chosen from the labels
+        (see :mod:`element_pose.engine.autoconfig`).
     sigma : float
         Standard deviation of the Gaussian target heatmaps, in network-input pixels.
     locref_radius : float
         Offsets are supervised within this distance (network-input pixels) of a keypoint.
     locref_weight : float
         Weight of the offset loss relative to the heatmap loss.
-    crop_size : int
+    crop_size : int or "auto"
         Side of the square training crops, in network-input pixels (after ``input_scale``).
+        ``"auto"``: big enough for every body part labeled in one frame, or the whole frame.
     augmentation, optimizer, schedule
         Nested settings, see their classes.
-    iterations, epochs : int or None
+    iterations, epochs : int, "auto" or None
         Training length; give at most one (epochs = passes over the training frames).
-        With neither, ``max_seconds`` must be given.
+        With neither, ``max_seconds`` must be given. ``iterations="auto"`` is chosen from the
+        number of training frames and the crop size; validation may stop training earlier.
+    validation_fraction : float
+        Fraction of the *training* frames held back to choose the snapshot and stop training
+        (never the test split); 0 disables validation. Needs at least 10 training frames.
+    validation_every : int or "auto"
+        Iterations between validations (``"auto"``: about 20 validations per run).
+    patience : int
+        Validations without improvement (by more than 1 %) after which training stops; the
+        best snapshot is kept either way.
     max_seconds : float or None
         Wall-clock training budget; training stops (with a fully annealed schedule) when it
         is spent, even if iterations remain.
@@ -192,18 +214,21 @@ class EngineConfig:
 
     backbone: str = "resnet18"
     backbone_stride: Literal[8, 16, 32] = 16
-    output_stride: Literal[2, 4, 8, 16] = 4
+    output_stride: Literal[2, 4, 8, 16, "auto"] = "auto"
     head_channels: int = 128
-    input_scale: float = 0.5
+    input_scale: float | Literal["auto"] = "auto"
     sigma: float = 4.0
     locref_radius: float = 8.0
     locref_weight: float = 0.5
-    crop_size: int = 160
+    crop_size: int | Literal["auto"] = "auto"
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    iterations: int | None = 3000
+    iterations: int | Literal["auto"] | None = "auto"
     epochs: int | None = None
+    validation_fraction: float = 0.1
+    validation_every: int | Literal["auto"] = "auto"
+    patience: int = 6
     max_seconds: float | None = None
     batch_size: int = 8
     grad_clip: float | None = 5.0
@@ -257,6 +282,10 @@ class EngineConfig:
         return EngineConfig.from_dict(d)
 
     # -- derived values ----------------------------------------------------------------
+
+    def auto_keys(self) -> list[str]:
+        """Keys still ``"auto"`` (resolved from the data by ``autoconfig.resolve_config``)."""
+        return [k for k in AUTO_KEYS if getattr(self, k) == "auto"]
 
     def resolved_device(self) -> str:
         """The torch device string ``device`` stands for on this machine."""
@@ -401,23 +430,27 @@ def _check_ranges(c: EngineConfig) -> None:
             ) from None
     if c.backbone not in BACKBONES:
         _fail("backbone", f"must be one of {', '.join(BACKBONES)}; got {c.backbone!r}.")
-    if c.output_stride > c.backbone_stride:
+    if c.output_stride != "auto" and c.output_stride > c.backbone_stride:
         _fail("output_stride", f"({c.output_stride}) must be <= backbone_stride "
               f"({c.backbone_stride}).")
-    for key in ("head_channels", "crop_size", "batch_size", "checkpoint_every"):
-        if getattr(c, key) < 1:
+    for key in ("head_channels", "crop_size", "batch_size", "checkpoint_every", "patience"):
+        if getattr(c, key) != "auto" and getattr(c, key) < 1:
             _fail(key, f"must be >= 1, got {getattr(c, key)}.")
     if c.keep_checkpoints < 1:
         _fail("keep_checkpoints", f"must be >= 1, got {c.keep_checkpoints}.")
     for key in ("input_scale", "sigma", "locref_radius"):
-        if not getattr(c, key) > 0:
+        if getattr(c, key) != "auto" and not getattr(c, key) > 0:
             _fail(key, f"must be > 0, got {getattr(c, key)}.")
     if c.locref_weight < 0:
         _fail("locref_weight", f"must be >= 0, got {c.locref_weight}.")
     if c.iterations is not None and c.epochs is not None:
         _fail("epochs", "and 'iterations' are exclusive: set one of them to null.")
-    if c.iterations is not None and c.iterations < 0:
+    if c.iterations not in (None, "auto") and c.iterations < 0:
         _fail("iterations", f"must be >= 0, got {c.iterations}.")
+    if not 0.0 <= c.validation_fraction < 0.5:
+        _fail("validation_fraction", f"must be within [0, 0.5), got {c.validation_fraction}.")
+    if c.validation_every != "auto" and c.validation_every < 1:
+        _fail("validation_every", f"must be >= 1 or 'auto', got {c.validation_every}.")
     if c.epochs is not None and c.epochs < 0:
         _fail("epochs", f"must be >= 0, got {c.epochs}.")
     if c.max_seconds is not None and not c.max_seconds > 0:
@@ -442,7 +475,7 @@ def _check_ranges(c: EngineConfig) -> None:
     lo, hi = aug.scale
     if not 0 < lo <= hi:
         _fail("augmentation.scale", f"must be (low, high) with 0 < low <= high; got {aug.scale}.")
-    for key in ("flip", "blur", "grayscale", "crop_around_keypoints"):
+    for key in ("flip", "blur", "grayscale", "crop_around_keypoints", "part_crop_fraction"):
         if not 0.0 <= getattr(aug, key) <= 1.0:
             _fail(f"augmentation.{key}", f"is a probability in [0, 1]; got {getattr(aug, key)}.")
     for key in ("rotation", "translate", "brightness", "contrast", "noise"):

@@ -69,6 +69,52 @@ def validate_training_data(images: Sequence[np.ndarray], keypoints: np.ndarray,
     return imgs, kp
 
 
+def crop_coverage(keypoints: np.ndarray, crop_size: int, frame_sizes: Sequence[tuple[int, int]]
+                  ) -> np.ndarray:
+    """Fraction of frames in which each body part is labeled *and* inside a crop centred on the
+    whole labeled animal (the crop is the whole frame when it is at least as large)."""
+    n, k = keypoints.shape[:2]
+    inside = np.zeros((n, k), dtype=bool)
+    half = crop_size / 2.0
+    for i, (kp, (w, h)) in enumerate(zip(keypoints, frame_sizes, strict=True)):
+        vis = np.isfinite(kp).all(axis=1)
+        if not vis.any():
+            continue
+        if crop_size >= max(w, h):
+            inside[i] = vis
+            continue
+        pts = kp[vis]
+        centre = (pts.min(axis=0) + pts.max(axis=0)) / 2.0
+        inside[i, vis] = (np.abs(pts - centre) <= half).all(axis=1)
+    return inside.mean(axis=0) if n else np.zeros(k)
+
+
+def part_target_probabilities(coverage: np.ndarray, labeled: np.ndarray, fraction: float
+                              ) -> np.ndarray:
+    """How often part-targeted crops should pick each body part so that every part is inside
+    about as many training crops as the others.
+
+    With animal-centred crops covering part ``k`` in a fraction ``coverage[k]`` of samples and
+    part-targeted crops (a ``fraction`` of all samples) picking it with probability ``q[k]``,
+    part ``k`` is seen in ``(1 - fraction) * coverage[k] + fraction * q[k]`` of the samples;
+    ``q`` equalises this as far as probabilities allow (parts never labeled get 0).
+    """
+    k = len(coverage)
+    q = np.zeros(k)
+    active = labeled.copy()
+    if fraction <= 0 or not active.any():
+        return np.where(active, 1.0, 0.0) / max(active.sum(), 1)
+    for _ in range(k):
+        level = (fraction + (1 - fraction) * coverage[active].sum()) / active.sum()
+        q = np.where(active, (level - (1 - fraction) * coverage) / fraction, 0.0)
+        negative = active & (q < 0)
+        if not negative.any():
+            break
+        active &= ~negative  # already seen more than the level: never targeted
+    q = np.clip(q, 0, None)
+    return q / q.sum() if q.sum() > 0 else np.where(labeled, 1.0, 0.0) / labeled.sum()
+
+
 class TrainingSet:
     """Frames at the network's input scale and a deterministic stream of augmented batches.
 
@@ -89,6 +135,14 @@ class TrainingSet:
         self.keypoints = np.stack(kps)
         self.flip_perm = (flip_permutation(list(bodyparts), config.flip_pairs)
                           if config.flip_pairs else None)
+        visible = np.isfinite(self.keypoints).all(axis=2)
+        self.frames_with_part = [np.flatnonzero(visible[:, k]) for k in range(visible.shape[1])]
+        sizes = [(im.shape[1], im.shape[0]) for im in self.images]
+        aug = config.augmentation
+        self.part_fraction = aug.crop_around_keypoints * aug.part_crop_fraction
+        self.part_probs = part_target_probabilities(
+            crop_coverage(self.keypoints, int(config.crop_size), sizes), visible.any(axis=0),
+            self.part_fraction)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -110,8 +164,13 @@ class TrainingSet:
         crops, kps = [], []
         for j, idx in enumerate(self.indices(iteration)):
             rng = np.random.default_rng([c.seed, iteration, j])
+            target = None
+            if rng.random() < self.part_fraction:
+                # A part-targeted crop: the part first, then a frame where it is labeled.
+                target = int(rng.choice(len(self.part_probs), p=self.part_probs))
+                idx = int(rng.choice(self.frames_with_part[target]))
             crop, kp = augment_sample(self.images[idx], self.keypoints[idx], c.crop_size,
-                                      c.augmentation, rng, self.flip_perm)
+                                      c.augmentation, rng, self.flip_perm, target)
             crops.append(crop)
             kps.append(kp)
         return np.stack(crops), np.stack(kps)

@@ -40,7 +40,10 @@ def evaluate(predictions: np.ndarray, ground_truth: np.ndarray, pcutoff: float =
         ``mean_error_pcutoff_px``, ``rmse_pcutoff_px``, ``pck`` {threshold: fraction},
         ``per_bodypart_error_px`` (K,), ``per_frame_error_px`` (N,; NaN where a frame has no
         visible label), ``errors`` (N, K; NaN where not visible), ``n_keypoints`` (visible
-        labels counted) and ``fraction_above_pcutoff``.
+        labels counted), ``fraction_above_pcutoff`` (of visible labels),
+        ``mean_error_below_pcutoff_px`` and ``absent_below_pcutoff`` (of keypoints *not*
+        labeled, i.e. absent or occluded, the fraction predicted below the cut-off: a
+        confidence that means something makes this close to 1).
     """
     pred = np.asarray(predictions, dtype=np.float64)
     gt = np.asarray(ground_truth, dtype=np.float64)
@@ -55,6 +58,8 @@ def evaluate(predictions: np.ndarray, ground_truth: np.ndarray, pcutoff: float =
     flat = errors[visible]
     confident = visible & (pred[..., 2] >= pcutoff)
     cut = errors[confident]
+    below = errors[visible & ~confident]
+    absent = ~visible
     n = int(flat.size)
 
     def rmse(values: np.ndarray) -> float:
@@ -73,4 +78,7 @@ def evaluate(predictions: np.ndarray, ground_truth: np.ndarray, pcutoff: float =
         "errors": errors,
         "n_keypoints": n,
         "fraction_above_pcutoff": float(confident.sum() / n) if n else float("nan"),
+        "mean_error_below_pcutoff_px": float(np.mean(below)) if below.size else float("nan"),
+        "absent_below_pcutoff": (float(np.mean(pred[..., 2][absent] < pcutoff))
+                                 if absent.any() else float("nan")),
     }

@@ -185,3 +185,44 @@ def build_network(config: EngineConfig, num_keypoints: int) -> PoseNet:
 def count_parameters(model: nn.Module) -> int:
     """Number of parameters."""
     return sum(p.numel() for p in model.parameters())
+
+
+def load_matching_weights(model: PoseNet, state_dict: dict, source_bodyparts: list[str],
+                          bodyparts: list[str]) -> list[str]:
+    """Copy a trained model's weights into ``model``, output channels matched by body part.
+
+    Backbone and head weights are copied whole (their shapes must match); the heatmap and
+    location-refinement channels of body parts present in both lists are copied, the others
+    keep their fresh initialisation. Returns the matched body parts.
+
+    Raises
+    ------
+    ValueError
+        When a backbone or head weight has another shape (a different architecture).
+    """
+    own = model.state_dict()
+    index = {name: i for i, name in enumerate(source_bodyparts)}
+    matched = [b for b in bodyparts if b in index]
+    new = {}
+    for key, value in own.items():
+        if key not in state_dict:
+            raise ValueError(f"The initial model lacks weight {key!r}: another architecture.")
+        src = state_dict[key]
+        if key.startswith(("heatmap.", "locref.")):
+            value = value.clone()
+            for k, name in enumerate(bodyparts):
+                if name not in index:
+                    continue
+                j = index[name]
+                if key.startswith("heatmap."):
+                    value[k] = src[j]
+                else:  # locref channels are (x, y) pairs per body part
+                    value[2 * k:2 * k + 2] = src[2 * j:2 * j + 2]
+            new[key] = value
+        elif tuple(src.shape) != tuple(value.shape):
+            raise ValueError(f"The initial model's weight {key!r} has shape {tuple(src.shape)}, "
+                             f"this network's {tuple(value.shape)}: another architecture.")
+        else:
+            new[key] = src
+    model.load_state_dict(new)
+    return matched

@@ -17,19 +17,28 @@ import torch
 import torchvision
 from tqdm.auto import tqdm
 
+from element_pose.engine.autoconfig import (
+    available_memory,
+    check_feasible,
+    dataset_stats,
+    resolve_config,
+)
 from element_pose.engine.checkpoint import (
+    atomic_save,
     list_checkpoints,
+    load_model_file,
     save_checkpoint,
     save_model_file,
 )
-from element_pose.engine.config import EngineConfig
+from element_pose.engine.config import ConfigError, EngineConfig
 from element_pose.engine.data import TrainingSet, validate_training_data
-from element_pose.engine.network import build_network
+from element_pose.engine.network import build_network, load_matching_weights
 from element_pose.engine.targets import make_targets, pose_loss
 
 logger = logging.getLogger(__name__)
 
 MODEL_FILENAME = "model.pt"
+BEST_FILENAME = "best.pt"
 
 
 @dataclass
@@ -51,6 +60,16 @@ class TrainResult:
         Torch device trained on.
     versions : dict
         torch, torchvision, numpy, opencv and python versions.
+    validation_curve : np.ndarray
+        (n, 2) float64: iteration, mean error in pixels on the held-back training frames
+        (empty without validation).
+    best_iteration : int
+        Iteration of the snapshot kept (the last one without validation).
+    config : dict
+        The configuration actually used, every ``"auto"`` value resolved.
+    auto_report : dict
+        What the data said (``stats``) and why each automatic value was chosen (``chosen``),
+        plus the held-back ``validation_frames`` (indices into the training frames).
     """
 
     checkpoint_path: Path
@@ -59,6 +78,10 @@ class TrainResult:
     train_seconds: float
     device: str
     versions: dict[str, str] = field(default_factory=dict)
+    validation_curve: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    best_iteration: int = 0
+    config: dict = field(default_factory=dict)
+    auto_report: dict = field(default_factory=dict)
 
 
 def library_versions() -> dict[str, str]:
@@ -74,6 +97,8 @@ def library_versions() -> dict[str, str]:
 
 def planned_iterations(config: EngineConfig, n_frames: int) -> int | None:
     """Iterations a config asks for (None: only the wall-clock budget bounds the run)."""
+    if config.iterations == "auto":
+        raise ValueError("iterations is 'auto': resolve the config first (autoconfig).")
     if config.iterations is not None:
         return config.iterations
     if config.epochs is not None:
@@ -109,8 +134,77 @@ def _torch_threads(n: int | None):
         torch.set_num_threads(old)
 
 
+@dataclass
+class EarlyStopping:
+    """Best validation error so far and how many validations since it clearly improved.
+
+    Any lower error is the new best (its snapshot is kept); only one more than
+    ``min_improvement`` (relative) below the reference resets the count of stale
+    validations; after ``patience`` stale validations, training stops.
+    """
+
+    patience: int
+    min_improvement: float = 0.01
+    error: float = math.inf
+    iteration: int = 0
+    stale: int = 0
+    reference: float = math.inf
+
+    def update(self, iteration: int, error: float) -> bool:
+        """Record a validation; True when it is the new best."""
+        if error < self.reference * (1 - self.min_improvement):
+            self.reference, self.stale = error, 0
+        else:
+            self.stale += 1
+        if error < self.error:
+            self.error, self.iteration = error, iteration
+            return True
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        """No improvement for ``patience`` validations."""
+        return self.stale >= self.patience
+
+    def state(self) -> dict:
+        """Plain values for a checkpoint."""
+        return {"error": self.error, "iteration": self.iteration, "stale": self.stale,
+                "reference": self.reference}
+
+
+def validation_split(n: int, fraction: float, seed: int) -> np.ndarray:
+    """Indices of the training frames held back for validation (sorted; may be empty).
+
+    At least 2 frames and only with >= 10 training frames; chosen by the seed.
+    """
+    if fraction <= 0 or n < 10:
+        return np.zeros(0, dtype=np.int64)
+    k = max(2, int(round(fraction * n)))
+    return np.sort(np.random.default_rng([seed, 104729]).permutation(n)[:k])
+
+
+def prepare_config(images: Sequence[np.ndarray], keypoints: np.ndarray, config: EngineConfig,
+                   init_config: EngineConfig | None = None) -> tuple[EngineConfig, dict, np.ndarray]:
+    """Resolve the ``"auto"`` values from the training frames and check the result fits them.
+
+    Returns the resolved config, the report of what was chosen and why, and the indices of
+    the validation frames. Raises :class:`ConfigError` before any training for settings that
+    cannot work (see :func:`element_pose.engine.autoconfig.check_feasible`).
+    """
+    kp = np.asarray(keypoints, dtype=np.float64)
+    val = validation_split(len(kp), config.validation_fraction, config.seed)
+    fit = np.setdiff1d(np.arange(len(kp)), val)
+    stats = dataset_stats([(im.shape[1], im.shape[0]) for im in images], kp[fit])
+    resolved, report = resolve_config(config, stats, init_config)
+    memory = available_memory(resolved.resolved_device())
+    check_feasible(resolved, stats, len(fit), memory)
+    report["validation_frames"] = [int(i) for i in val]
+    return resolved, report, val
+
+
 def train(images: Sequence[np.ndarray], keypoints: np.ndarray, bodyparts: Sequence[str],
-          config: EngineConfig, workdir: str | Path, progress: bool = True) -> TrainResult:
+          config: EngineConfig, workdir: str | Path, progress: bool = True,
+          init_checkpoint: str | Path | None = None) -> TrainResult:
     """Train a pose network on labeled frames.
 
     Parameters
@@ -128,6 +222,10 @@ def train(images: Sequence[np.ndarray], keypoints: np.ndarray, bodyparts: Sequen
         configuration, training resumes from the newest one.
     progress : bool
         Show a tqdm progress bar.
+    init_checkpoint : str or Path, optional
+        A model file of this engine to start from (fine-tuning): every weight is copied,
+        the output channels of body parts it shares with ``bodyparts`` (by name) included;
+        new body parts start fresh. Its architecture must match ``config``.
 
     Returns
     -------
@@ -137,6 +235,8 @@ def train(images: Sequence[np.ndarray], keypoints: np.ndarray, bodyparts: Sequen
     ------
     ValueError
         Malformed input, or a work directory holding checkpoints of another configuration.
+    ConfigError
+        Settings that cannot work on these frames, before training starts.
     """
     if not isinstance(config, EngineConfig):
         raise TypeError(f"config must be an EngineConfig (use EngineConfig.from_dict), "
@@ -147,26 +247,57 @@ def train(images: Sequence[np.ndarray], keypoints: np.ndarray, bodyparts: Sequen
         unknown = [n for pair in config.flip_pairs for n in pair if n not in bodyparts]
         if unknown:
             raise ValueError(f"flip_pairs names {unknown}, not among the body parts {bodyparts}.")
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     device = torch.device(config.resolved_device())
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"Config asks for device {config.device!r} but CUDA is not available; "
                          "use device='cpu' or 'auto'.")
+    init = None
+    if init_checkpoint is not None:
+        init = load_model_file(init_checkpoint)
+        init["path"] = str(init_checkpoint)
+    init_config = EngineConfig.from_dict(init["config"]) if init else None
+    config, report, val = prepare_config(imgs, kp, config, init_config)
+    if init_config is not None:
+        keys = ("backbone", "backbone_stride", "output_stride", "head_channels")
+        differ = {k: (getattr(config, k), getattr(init_config, k)) for k in keys
+                  if getattr(config, k) != getattr(init_config, k)}
+        if differ:
+            raise ConfigError(
+                "The initial model's architecture differs from the config: "
+                + ", ".join(f"{k} is {a!r} here but {b!r} in the initial model"
+                            for k, (a, b) in differ.items())
+                + ". Use the initial model's values (or 'auto' for output_stride).")
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
     with _torch_threads(config.num_threads):
-        return _train(imgs, kp, bodyparts, config, workdir, device, progress)
+        return _train(imgs, kp, bodyparts, config, workdir, device, progress, val, report, init)
 
 
 def _train(imgs: list[np.ndarray], kp: np.ndarray, bodyparts: list[str], config: EngineConfig,
-           workdir: Path, device: torch.device, progress: bool) -> TrainResult:
+           workdir: Path, device: torch.device, progress: bool, val: np.ndarray, report: dict,
+           init: dict | None) -> TrainResult:
+    from element_pose.engine.metrics import evaluate
+    from element_pose.engine.predict import PoseModel
+
     cfg_dict = config.to_dict()
     cfg_hash = config.sha256()
-    dataset = TrainingSet(imgs, kp, bodyparts, config)
+    fit = np.setdiff1d(np.arange(len(imgs)), val)
+    dataset = TrainingSet([imgs[i] for i in fit], kp[fit], bodyparts, config)
+    val_images, val_truth = [imgs[i] for i in val], kp[val]
     total = planned_iterations(config, len(dataset))
+    every = config.validation_every
+    if every == "auto":
+        every = max(50, int(round((total or 5000) / 20 / 50)) * 50)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = build_network(config, len(bodyparts))
+    if init is not None:
+        matched = load_matching_weights(model, init["state_dict"], list(init["bodyparts"]),
+                                        bodyparts)
+        report["initial_model"] = {"path": init["path"], "matched_bodyparts": matched}
+        logger.info("Started from %s: %d of %d body parts matched", init["path"], len(matched),
+                    len(bodyparts))
     use_cl = config.channels_last
     model = model.to(device)
     if use_cl:
@@ -187,7 +318,11 @@ def _train(imgs: list[np.ndarray], kp: np.ndarray, bodyparts: list[str], config:
     scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
 
     start, elapsed_before, curve = 0, 0.0, []
+    vcurve: list[tuple[float, float]] = []
+    best = EarlyStopping(config.patience)
     found = list_checkpoints(workdir)
+    if not found:
+        (workdir / BEST_FILENAME).unlink(missing_ok=True)  # from an older run: not ours
     if found:
         it0, path = found[-1]
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -203,16 +338,36 @@ def _train(imgs: list[np.ndarray], kp: np.ndarray, bodyparts: list[str], config:
         start = int(state["iteration"])
         elapsed_before = float(state["train_seconds"])
         curve = [tuple(row) for row in state["learning_curve"]]
+        vcurve = [tuple(row) for row in state.get("validation_curve", [])]
+        for name, value in state.get("best", {}).items():
+            setattr(best, name, value)
         logger.info("Resuming training from %s (iteration %d)", path, start)
 
     def make_state(iteration: int, seconds: float) -> dict:
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "iteration": iteration, "train_seconds": seconds,
                  "learning_curve": [list(r) for r in curve], "config": cfg_dict,
+                 "validation_curve": [list(r) for r in vcurve], "best": best.state(),
                  "config_sha256": cfg_hash, "bodyparts": bodyparts}
         if scaler.is_enabled():
             state["scaler"] = scaler.state_dict()
         return state
+
+    def validate(iteration: int) -> bool:
+        """Score the held-back frames; keep the best weights. True when training should stop."""
+        model.eval()
+        pred = PoseModel(model, config, bodyparts, device=str(device)).predict_frames(val_images)
+        model.train()
+        error = float(evaluate(pred, val_truth)["mean_error_px"])
+        if not math.isfinite(error):
+            error = math.inf
+        vcurve.append((iteration, error))
+        if best.update(iteration, error):
+            atomic_save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                        workdir / BEST_FILENAME)
+        logger.info("iteration %d: validation error %.2f px (best %.2f px at %d)", iteration,
+                    error, best.error, best.iteration)
+        return best.should_stop
 
     stop = total if total is not None else 1 << 40
     budget = config.max_seconds
@@ -223,7 +378,8 @@ def _train(imgs: list[np.ndarray], kp: np.ndarray, bodyparts: list[str], config:
     iteration = start
     last_saved = start
     done_by_time = budget is not None and elapsed_before >= budget
-    if start < stop and not done_by_time:
+    stopped_early = len(val) > 0 and best.should_stop
+    if start < stop and not done_by_time and not stopped_early:
         for iteration, crops, kps in dataset.stream(start, stop):
             elapsed = elapsed_before + time.perf_counter() - t0
             if budget is not None and elapsed >= budget:
@@ -264,21 +420,36 @@ def _train(imgs: list[np.ndarray], kp: np.ndarray, bodyparts: list[str], config:
                 bar.set_postfix(loss=f"{value:.4f}", heat=f"{float(heat_loss):.4f}",
                                 off=f"{float(off_loss):.4f}", lr=f"{lr:.2e}")
             done = iteration + 1
-            if done % config.checkpoint_every == 0:
+            if len(val) and (done % every == 0 or done == stop):
+                stopped_early = validate(done)
+            if done % config.checkpoint_every == 0 or stopped_early:
                 save_checkpoint(workdir, done,
                                 make_state(done, elapsed_before + time.perf_counter() - t0),
                                 config.keep_checkpoints)
                 last_saved = done
             iteration = done
+            if stopped_early:
+                logger.info("Validation error has not improved for %d validations: stopping at "
+                            "iteration %d (best %.2f px at %d)", config.patience, done,
+                            best.error, best.iteration)
+                break
     bar.close()
+    if len(val) and (not vcurve or vcurve[-1][0] != iteration) and iteration > 0:
+        validate(iteration)  # a run cut by its time budget: score its last weights too
     seconds = elapsed_before + time.perf_counter() - t0
     if iteration != last_saved:
         save_checkpoint(workdir, iteration, make_state(iteration, seconds),
                         config.keep_checkpoints)
+    weights = model.state_dict()
+    best_iteration = iteration
+    if len(val) and (workdir / BEST_FILENAME).is_file():
+        weights = torch.load(workdir / BEST_FILENAME, map_location="cpu", weights_only=True)
+        best_iteration = int(best.iteration)
     model_path = save_model_file(
-        workdir / MODEL_FILENAME, model.state_dict(), cfg_dict, bodyparts,
-        extra={"iterations": iteration, "train_seconds": seconds, "device": str(device),
-               "versions": library_versions()})
+        workdir / MODEL_FILENAME, weights, cfg_dict, bodyparts,
+        extra={"iterations": iteration, "best_iteration": best_iteration,
+               "train_seconds": seconds, "device": str(device),
+               "versions": library_versions(), "auto_report": report})
     logger.info("Trained %d iterations in %.1f s on %s -> %s", iteration, seconds, device,
                 model_path)
     return TrainResult(
@@ -288,4 +459,8 @@ def _train(imgs: list[np.ndarray], kp: np.ndarray, bodyparts: list[str], config:
         train_seconds=float(seconds),
         device=str(device),
         versions=library_versions(),
+        validation_curve=np.asarray(vcurve, dtype=np.float64).reshape(-1, 2),
+        best_iteration=best_iteration,
+        config=cfg_dict,
+        auto_report=report,
     )

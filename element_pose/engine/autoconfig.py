@@ -1,0 +1,297 @@
+"""Configuration from the labeled data: what the defaults cannot know about a lab's animals.
+
+A config may leave ``input_scale``, ``crop_size``, ``output_stride`` and ``iterations`` as
+``"auto"`` (the defaults). :func:`resolve_config` measures the labeled frames
+(:func:`dataset_stats`) and replaces each ``"auto"`` by a concrete value, with the reason in a
+report; values the user set are kept. :func:`check_feasible` then rejects settings that cannot
+work on the data (before any training starts), naming the value and one that would work.
+
+The rules, in network-input pixels (after ``input_scale``):
+
+* **input scale**: the smallest scale that keeps neighbouring body parts at least
+  ``TARGET_SPACING`` px apart (so their heatmap peaks stay separable at output stride 4),
+  never above 1 (no upsampling) and shrinking large frames so the crop that holds the animal
+  stays within ``MAX_CROP`` px;
+* **crop**: big enough to hold every body part labeled in one frame (the largest label
+  extent, plus a margin for rotation and zoom), rounded up to a multiple of 32; when the
+  scaled frames are hardly larger, the whole frame;
+* **output stride**: 4, or 2 when closely spaced parts are still less than one cell apart;
+* **iterations**: about 30 passes per training frame, within [1500, 6000], fewer for big
+  crops (each one already holds the whole animal); validation stops earlier when the
+  held-back frames stop improving.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from element_pose.engine.config import ConfigError, EngineConfig
+
+#: Wanted median distance (network-input px) between a body part and its nearest neighbour.
+TARGET_SPACING = 8.0
+#: Frames up to this side (px) are not shrunk below it: resolution for small frames.
+MIN_FRAME_SIDE = 256
+#: Largest automatic crop side (network-input px): bounds CPU time per iteration.
+MAX_CROP = 320
+#: Smallest automatic crop side.
+MIN_CROP = 128
+#: Smallest automatic input scale.
+MIN_SCALE = 0.2
+#: Rough bytes of training memory (activations + gradients) per input pixel and sample, by
+#: backbone, float32; measured on the CPU with a batch of 8 crops of 256 px (see BENCHMARKS.md).
+BYTES_PER_PIXEL = {
+    "resnet18": 9_000,
+    "resnet34": 13_000,
+    "resnet50": 30_000,
+    "resnet101": 45_000,
+    "mobilenet_v3_large": 9_000,
+    "efficientnet_b0": 16_000,
+}
+
+
+@dataclass(frozen=True)
+class DatasetStats:
+    """What the labeled frames say about the animal and the frames.
+
+    Attributes
+    ----------
+    n_frames : int
+        Labeled frames.
+    frame_sizes : tuple of (int, int)
+        Distinct (width, height) of the frames, most common first.
+    max_frame_side : int
+        Largest frame side in pixels.
+    label_extent_px : float
+        Largest side of the box around the labels of one frame (over all frames), in pixels:
+        a crop must hold this to see every body part labeled together.
+    animal_size_px : float
+        Median diagonal of that box: the size of the labeled animal.
+    part_spacing_px : float
+        Median distance from a labeled body part to its nearest labeled neighbour.
+    min_part_spacing_px : float
+        The 10th percentile of that distance (closely spaced parts).
+    visibility : tuple of float
+        Fraction of frames in which each body part is labeled.
+    """
+
+    n_frames: int
+    frame_sizes: tuple[tuple[int, int], ...]
+    max_frame_side: int
+    label_extent_px: float
+    animal_size_px: float
+    part_spacing_px: float
+    min_part_spacing_px: float
+    visibility: tuple[float, ...]
+
+    def to_dict(self) -> dict:
+        """Plain JSON types."""
+        d = asdict(self)
+        d["frame_sizes"] = [list(s) for s in self.frame_sizes]
+        d["visibility"] = list(self.visibility)
+        return d
+
+
+def dataset_stats(image_sizes: Sequence[tuple[int, int]], keypoints: np.ndarray) -> DatasetStats:
+    """Measure labeled frames.
+
+    Parameters
+    ----------
+    image_sizes : sequence of (width, height)
+        Size of each labeled frame.
+    keypoints : np.ndarray
+        (N, K, 2) x, y in pixels, NaN = not labeled.
+    """
+    kp = np.asarray(keypoints, dtype=np.float64)
+    visible = np.isfinite(kp).all(axis=2)
+    sizes = [(int(w), int(h)) for w, h in image_sizes]
+    counts: dict[tuple[int, int], int] = {}
+    for s in sizes:
+        counts[s] = counts.get(s, 0) + 1
+    extents, diagonals, spacing = [], [], []
+    for frame, vis in zip(kp, visible, strict=True):
+        pts = frame[vis]
+        if len(pts) == 0:
+            continue
+        span = pts.max(axis=0) - pts.min(axis=0)
+        extents.append(float(span.max()))
+        diagonals.append(float(np.hypot(*span)))
+        if len(pts) > 1:
+            d = np.linalg.norm(pts[:, None] - pts[None], axis=2)
+            np.fill_diagonal(d, np.inf)
+            near = d.min(axis=1)
+            spacing.extend(near[near > 0.5].tolist())  # coincident labels say nothing
+    spacing_arr = np.asarray(spacing) if spacing else np.asarray([np.nan])
+    return DatasetStats(
+        n_frames=len(sizes),
+        frame_sizes=tuple(sorted(counts, key=lambda s: -counts[s])),
+        max_frame_side=max((max(s) for s in sizes), default=0),
+        label_extent_px=max(extents, default=0.0),
+        animal_size_px=float(np.median(diagonals)) if diagonals else 0.0,
+        part_spacing_px=float(np.nanmedian(spacing_arr)),
+        min_part_spacing_px=float(np.nanpercentile(spacing_arr, 10)),
+        visibility=tuple(float(v) for v in visible.mean(axis=0)) if len(kp) else (),
+    )
+
+
+def _round_up(value: float, multiple: int = 32) -> int:
+    return int(math.ceil(value / multiple) * multiple)
+
+
+def _crop_for(stats: DatasetStats, scale: float, augmentation_zoom: float) -> tuple[int, str]:
+    """Crop side holding the label extent at ``scale`` (or the whole frame when it is close)."""
+    frame = stats.max_frame_side * scale
+    # Margin: the extent grows by the largest zoom, plus a quarter for rotation and shifts.
+    need = stats.label_extent_px * scale * augmentation_zoom * 1.25 + 16
+    crop = _round_up(max(need, MIN_CROP))
+    if crop >= 0.8 * frame:
+        return _round_up(frame - 1, 16), "whole frame (the labels span most of it)"
+    return crop, "holds the largest label extent with margin for zoom and rotation"
+
+
+def resolve_config(config: EngineConfig, stats: DatasetStats,
+                   reference: EngineConfig | None = None) -> tuple[EngineConfig, dict]:
+    """Replace the ``"auto"`` values of ``config`` by values chosen from ``stats``.
+
+    Parameters
+    ----------
+    config : EngineConfig
+        Possibly with ``"auto"`` values; set values are kept.
+    stats : DatasetStats
+        From :func:`dataset_stats` on the training frames.
+    reference : EngineConfig, optional
+        Config of a model training starts from: its input scale and output stride are kept
+        (the features were learned at that scale) unless set in ``config``.
+
+    Returns
+    -------
+    config : EngineConfig
+        Without ``"auto"`` values.
+    report : dict
+        ``stats`` and, per chosen key, ``{"value": ..., "reason": ...}``.
+    """
+    report: dict = {"stats": stats.to_dict(), "chosen": {}}
+    chosen = report["chosen"]
+    zoom = config.augmentation.scale[1]
+    changes: dict = {}
+
+    scale = config.input_scale
+    if scale == "auto" and reference is not None and reference.input_scale != "auto":
+        scale = float(reference.input_scale)
+        chosen["input_scale"] = {"value": scale, "reason": "kept from the initial model"}
+    elif scale == "auto":
+        spacing = stats.part_spacing_px if math.isfinite(stats.part_spacing_px) else 0.0
+        scale = TARGET_SPACING / spacing if spacing > 0 else 1.0
+        reason = (f"body parts are {spacing:.1f} px from their nearest neighbour (median); "
+                  f"scaled to about {TARGET_SPACING:.0f} px")
+        floor = MIN_FRAME_SIDE / stats.max_frame_side if stats.max_frame_side else 1.0
+        if floor > scale:
+            scale = floor
+            reason += f"; kept >= {MIN_FRAME_SIDE} px per frame side for resolution"
+        scale = min(scale, 1.0)
+        # Keep the crop that holds the animal within MAX_CROP (CPU time per iteration).
+        need = min(stats.label_extent_px * zoom * 1.25 + 16, stats.max_frame_side)
+        if need * scale > MAX_CROP and need > 0:
+            scale = min(scale, MAX_CROP / need)
+            reason += f"; reduced so the crop holding the labels stays <= {MAX_CROP} px"
+        if scale < MIN_SCALE:
+            scale = MIN_SCALE
+            reason += f"; not below {MIN_SCALE}"
+        scale = math.floor(scale * 1000) / 1000
+        chosen["input_scale"] = {"value": scale, "reason": reason}
+    changes["input_scale"] = float(scale)
+
+    stride = config.output_stride
+    if stride == "auto" and reference is not None and reference.output_stride != "auto":
+        stride = reference.output_stride
+        chosen["output_stride"] = {"value": stride, "reason": "kept from the initial model"}
+    elif stride == "auto":
+        close = stats.min_part_spacing_px * float(scale)
+        stride = 2 if math.isfinite(close) and close < 4 else 4
+        chosen["output_stride"] = {
+            "value": stride,
+            "reason": f"closely spaced parts are {close:.1f} network px apart (10th percentile)"}
+    changes["output_stride"] = stride
+
+    crop = config.crop_size
+    if crop == "auto":
+        crop, reason = _crop_for(stats, float(scale), zoom)
+        chosen["crop_size"] = {"value": crop, "reason": reason}
+    changes["crop_size"] = int(crop)
+
+    iterations = config.iterations
+    if iterations == "auto":
+        n = max(stats.n_frames, 1)
+        base = min(max(30 * n, 1500), 6000)
+        # A big crop holds the whole animal: fewer, costlier iterations see as much.
+        factor = min(1.0, (192.0 / crop) ** 2) ** 0.5
+        iterations = int(round(base * factor / 100.0) * 100)
+        iterations = max(iterations, 1000)
+        chosen["iterations"] = {
+            "value": iterations,
+            "reason": f"~30 passes over {n} training frames within [1500, 6000], scaled by "
+                      f"{factor:.2f} for a {crop} px crop; validation may stop earlier"}
+    changes["iterations"] = iterations
+    return config.replace(**changes), report
+
+
+def check_feasible(config: EngineConfig, stats: DatasetStats, n_train: int,
+                   memory_bytes: int | None = None) -> None:
+    """Reject settings that cannot work on the data, before training starts.
+
+    Raises
+    ------
+    ConfigError
+        Naming the value and one that would work.
+    """
+    if config.iterations is not None and config.iterations == 0:
+        raise ConfigError("Config key 'iterations' is 0: no training would happen. Use at least "
+                          "1 (or 'auto').")
+    if config.batch_size > n_train:
+        raise ConfigError(
+            f"Config key 'batch_size' ({config.batch_size}) is larger than the {n_train} "
+            f"training frames; use batch_size <= {n_train} (e.g. {min(8, n_train)}).")
+    scale = float(config.input_scale)
+    spacing = stats.part_spacing_px * scale
+    if math.isfinite(spacing) and spacing < config.output_stride:
+        ok = math.ceil(config.output_stride * 1.5 / stats.part_spacing_px * 100) / 100
+        raise ConfigError(
+            f"Config key 'input_scale' ({scale}) makes neighbouring body parts "
+            f"{spacing:.1f} px apart, less than one heatmap cell ({config.output_stride} px): "
+            f"they cannot be told apart. Use input_scale >= {ok}.")
+    frame = stats.max_frame_side * scale
+    if int(config.crop_size) > _round_up(frame) + 64 and frame > 0:
+        raise ConfigError(
+            f"Config key 'crop_size' ({config.crop_size}) is much larger than the frames at "
+            f"input_scale {scale} ({frame:.0f} px): the crop would be mostly padding. Use "
+            f"crop_size <= {_round_up(frame)}.")
+    if memory_bytes:
+        per_px = BYTES_PER_PIXEL.get(config.backbone, 30_000)
+        need = per_px * config.batch_size * int(config.crop_size) ** 2
+        if need > 0.7 * memory_bytes:
+            fit = int(math.sqrt(0.7 * memory_bytes / (per_px * config.batch_size)) // 32 * 32)
+            raise ConfigError(
+                f"Config key 'crop_size' ({config.crop_size}) with batch_size "
+                f"{config.batch_size} needs about {need / 2**30:.1f} GiB for training, more "
+                f"than the {memory_bytes / 2**30:.1f} GiB available on this device. Use "
+                f"crop_size <= {max(fit, 32)} or a smaller batch_size.")
+
+
+def available_memory(device: str) -> int | None:
+    """Bytes of memory training may use on ``device`` (None when unknown)."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

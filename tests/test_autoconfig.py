@@ -1,0 +1,144 @@
+"""Configuration from the data, sampling that sees every body part, and the checks that reject
+settings which cannot work, before any training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from element_pose.engine.autoconfig import check_feasible, dataset_stats, resolve_config
+from element_pose.engine.config import ConfigError, EngineConfig
+from element_pose.engine.data import TrainingSet, crop_coverage, part_target_probabilities
+from element_pose.engine.train import prepare_config, validation_split
+
+
+def _animal(n: int, rng: np.random.Generator, width: int, height: int, spread: float
+            ) -> np.ndarray:
+    """(n, 4, 2) keypoints of an animal of size ``spread`` somewhere in the frame."""
+    centre = rng.uniform([spread, spread], [width - spread, height - spread], size=(n, 1, 2))
+    offsets = np.array([[0, 0], [spread, 0], [0, spread / 2], [-spread / 2, -spread / 2]])
+    return centre + offsets[None]
+
+
+def test_dataset_stats_measure_frames_labels_and_visibility():
+    rng = np.random.default_rng(0)
+    kp = _animal(20, rng, 640, 480, 40.0)
+    kp[:15, 3] = np.nan  # part 3 labeled in a quarter of the frames
+    sizes = [(640, 480)] * 12 + [(832, 747)] * 8
+    s = dataset_stats(sizes, kp)
+    assert s.n_frames == 20 and s.frame_sizes == ((640, 480), (832, 747))
+    assert s.max_frame_side == 832
+    assert s.label_extent_px == pytest.approx(60.0)  # -20 .. +40 around the centre
+    assert s.part_spacing_px == pytest.approx(20.0 * np.sqrt(2) * 0 + 20.0, rel=0.2)
+    assert s.visibility == (1.0, 1.0, 1.0, 0.25)
+
+
+def test_resolve_config_from_data_and_overrides_kept():
+    rng = np.random.default_rng(1)
+    # a small animal in big frames: the crop is much smaller than the frame
+    small = dataset_stats([(1280, 1024)] * 100, _animal(100, rng, 1280, 1024, 60.0))
+    cfg, report = resolve_config(EngineConfig(), small)
+    assert cfg.auto_keys() == []
+    assert 0.2 <= cfg.input_scale <= 1.0
+    assert cfg.crop_size % 32 == 0
+    # the crop holds every body part labeled together, with margin for zoom
+    assert cfg.crop_size >= small.label_extent_px * cfg.input_scale * 1.3
+    assert cfg.crop_size < 1280 * cfg.input_scale
+    assert set(report["chosen"]) == {"input_scale", "output_stride", "crop_size", "iterations"}
+    assert all(v["reason"] for v in report["chosen"].values())
+    assert 1000 <= cfg.iterations <= 6000
+    # labels spanning a small frame (a mirror view): the whole frame is the crop
+    wide = dataset_stats([(396, 406)] * 50, _animal(50, rng, 396, 406, 130.0) * [1.0, 1.0])
+    wide_kp = _animal(50, rng, 396, 406, 20.0)
+    wide_kp[:, 1] = [380.0, 395.0]  # a body part at the frame border
+    wide = dataset_stats([(396, 406)] * 50, wide_kp)
+    cfg_wide, report_wide = resolve_config(EngineConfig(), wide)
+    assert cfg_wide.crop_size >= 406 * cfg_wide.input_scale - 1
+    assert "whole frame" in report_wide["chosen"]["crop_size"]["reason"]
+    # every value set by the user is kept and not reported as chosen
+    mine, report_mine = resolve_config(EngineConfig(input_scale=0.5, crop_size=224,
+                                                    output_stride=8, iterations=77), small)
+    assert (mine.input_scale, mine.crop_size, mine.output_stride, mine.iterations) == \
+        (0.5, 224, 8, 77)
+    assert report_mine["chosen"] == {}
+    # the resolved config is an ordinary, hashable config: a param set of its own
+    assert EngineConfig.from_dict(cfg.to_dict()).sha256() == cfg.sha256()
+
+
+def test_initial_model_keeps_its_scale():
+    rng = np.random.default_rng(2)
+    stats = dataset_stats([(640, 480)] * 30, _animal(30, rng, 640, 480, 50.0))
+    parent = EngineConfig(input_scale=0.37, output_stride=2)
+    cfg, report = resolve_config(EngineConfig(), stats, reference=parent)
+    assert cfg.input_scale == 0.37 and cfg.output_stride == 2
+    assert "initial model" in report["chosen"]["input_scale"]["reason"]
+
+
+def test_infeasible_settings_rejected_with_a_working_value():
+    rng = np.random.default_rng(3)
+    stats = dataset_stats([(640, 480)] * 12, _animal(12, rng, 640, 480, 40.0))
+    ok, _ = resolve_config(EngineConfig(), stats)
+    check_feasible(ok, stats, n_train=12)
+    with pytest.raises(ConfigError, match=r"'batch_size' \(16\).*12 training frames.*<= 12"):
+        check_feasible(ok.replace(batch_size=16), stats, n_train=12)
+    with pytest.raises(ConfigError, match=r"'input_scale' \(0.05\).*heatmap cell.*"
+                                          r"input_scale >= 0\.\d+"):
+        check_feasible(ok.replace(input_scale=0.05), stats, n_train=12)
+    with pytest.raises(ConfigError, match=r"'crop_size' \(640\).*GiB.*crop_size <= \d+"):
+        check_feasible(ok.replace(crop_size=640, input_scale=1.0), stats, n_train=12,
+                       memory_bytes=2 * 2**30)
+    with pytest.raises(ConfigError, match="'iterations' is 0"):
+        check_feasible(ok.replace(iterations=0), stats, n_train=12)
+
+
+def test_prepare_config_holds_back_training_frames_only():
+    rng = np.random.default_rng(4)
+    kp = _animal(40, rng, 200, 160, 20.0)
+    images = [np.zeros((160, 200, 3), np.uint8)] * 40
+    cfg, report, val = prepare_config(images, kp, EngineConfig(validation_fraction=0.1))
+    assert len(val) == 4 and report["validation_frames"] == val.tolist()
+    assert np.array_equal(val, validation_split(40, 0.1, 0))
+    assert len(validation_split(8, 0.1, 0)) == 0  # too few frames: no validation
+    assert cfg.auto_keys() == []
+    with pytest.raises(ConfigError, match="batch_size"):
+        prepare_config(images[:9], kp[:9], EngineConfig(batch_size=10))
+
+
+def test_sampling_sees_a_rare_border_part_as_often_as_the_others():
+    """A part labeled in a quarter of the frames, at the frame border: with part-centred crops
+    and balanced frames it is inside training crops about as often as the other parts, while
+    animal-centred crops alone would rarely show it."""
+    rng = np.random.default_rng(5)
+    n, w, h = 40, 400, 300
+    kp = np.empty((n, 4, 2))
+    centre = rng.uniform([150, 100], [250, 200], size=(n, 2))
+    kp[:, 0] = centre
+    kp[:, 1] = centre + [20, 0]
+    kp[:, 2] = centre + [0, 20]
+    kp[:, 3] = [[395.0, rng.uniform(10, 290)] for _ in range(n)]  # at the right border
+    kp[10:, 3] = np.nan  # ... and labeled in 10 of 40 frames
+    images = [np.zeros((h, w, 3), np.uint8)] * n
+    base = {"input_scale": 1.0, "crop_size": 96, "batch_size": 8, "iterations": 10,
+            "augmentation": {"rotation": 0.0, "scale": [1.0, 1.0], "translate": 0.1}}
+
+    def seen(aug: dict) -> np.ndarray:
+        cfg = EngineConfig.from_dict({**base, "augmentation": {**base["augmentation"], **aug}})
+        ds = TrainingSet(images, kp, ["a", "b", "c", "border"], cfg)
+        counts = np.zeros(4)
+        for i in range(100):
+            _, crops_kp = ds.batch(i)
+            counts += np.isfinite(crops_kp).all(axis=2).sum(axis=0)
+        return counts / counts[:3].mean()
+
+    balanced = seen({})
+    assert balanced[3] >= 0.5, balanced
+    plain = seen({"part_crop_fraction": 0.0})
+    assert plain[3] < 0.05, plain
+    coverage = crop_coverage(kp, 96, [(w, h)] * n)
+    # in the 10 frames with the border part the animal box is wider than the crop
+    assert coverage[:3] == pytest.approx([0.75] * 3) and coverage[3] == 0
+    q = part_target_probabilities(coverage, np.ones(4, bool), 0.36)
+    assert q == pytest.approx([0, 0, 0, 1])  # only the border part needs targeted crops
+    # when every part is covered equally, targeted crops pick them uniformly
+    assert part_target_probabilities(np.ones(3), np.ones(3, bool), 0.4) == \
+        pytest.approx([1 / 3] * 3)
