@@ -44,7 +44,8 @@ def test_resolve_config_from_data_and_overrides_kept():
     # the crop holds every body part labeled together, with margin for zoom
     assert cfg.crop_size >= small.label_extent_px * cfg.input_scale * 1.3
     assert cfg.crop_size < 1280 * cfg.input_scale
-    assert set(report["chosen"]) == {"input_scale", "output_stride", "crop_size", "iterations"}
+    assert set(report["chosen"]) == {"input_scale", "output_stride", "crop_size", "iterations",
+                                     "validation_every"}
     assert all(v["reason"] for v in report["chosen"].values())
     assert 1000 <= cfg.iterations <= 6000
     # labels spanning a small frame (a mirror view): the whole frame is the crop
@@ -57,7 +58,8 @@ def test_resolve_config_from_data_and_overrides_kept():
     assert "whole frame" in report_wide["chosen"]["crop_size"]["reason"]
     # every value set by the user is kept and not reported as chosen
     mine, report_mine = resolve_config(EngineConfig(input_scale=0.5, crop_size=224,
-                                                    output_stride=8, iterations=77), small)
+                                                    output_stride=8, iterations=77,
+                                                    validation_every=7), small)
     assert (mine.input_scale, mine.crop_size, mine.output_stride, mine.iterations) == \
         (0.5, 224, 8, 77)
     assert report_mine["chosen"] == {}

@@ -235,6 +235,14 @@ def resolve_config(config: EngineConfig, stats: DatasetStats,
             "reason": f"~30 passes over {n} training frames within [1500, 6000], scaled by "
                       f"{factor:.2f} for a {crop} px crop; validation may stop earlier"}
     changes["iterations"] = iterations
+
+    every = config.validation_every
+    if every == "auto":
+        planned = iterations if isinstance(iterations, int) else 5000
+        every = max(50, int(round(planned / 20 / 50)) * 50)
+        chosen["validation_every"] = {"value": every,
+                                      "reason": "about 20 validations over the run"}
+    changes["validation_every"] = every
     return config.replace(**changes), report
 
 

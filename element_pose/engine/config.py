@@ -36,7 +36,7 @@ BACKBONES = (
 
 
 #: Keys that may be ``"auto"``: chosen from the labeled data when training starts.
-AUTO_KEYS = ("input_scale", "output_stride", "crop_size", "iterations")
+AUTO_KEYS = ("input_scale", "output_stride", "crop_size", "iterations", "validation_every")
 
 
 class ConfigError(ValueError):

@@ -285,9 +285,7 @@ def _train(imgs: list[np.ndarray], kp: np.ndarray, bodyparts: list[str], config:
     dataset = TrainingSet([imgs[i] for i in fit], kp[fit], bodyparts, config)
     val_images, val_truth = [imgs[i] for i in val], kp[val]
     total = planned_iterations(config, len(dataset))
-    every = config.validation_every
-    if every == "auto":
-        every = max(50, int(round((total or 5000) / 20 / 50)) * 50)
+    every = int(config.validation_every)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
