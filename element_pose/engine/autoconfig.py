@@ -41,15 +41,16 @@ MAX_CROP = 320
 MIN_CROP = 128
 #: Smallest automatic input scale.
 MIN_SCALE = 0.2
-#: Rough bytes of training memory (activations + gradients) per input pixel and sample, by
-#: backbone, float32; measured on the CPU with a batch of 8 crops of 256 px (see BENCHMARKS.md).
+#: Bytes of CPU training memory (activations, gradients) per input pixel and sample, by
+#: backbone (cut at stride 16, float32): 1.5x what ``benchmarks/training_memory.py`` measured
+#: for a batch of 8 crops of 256 px (BENCHMARKS.md).
 BYTES_PER_PIXEL = {
-    "resnet18": 9_000,
-    "resnet34": 13_000,
-    "resnet50": 30_000,
-    "resnet101": 45_000,
-    "mobilenet_v3_large": 9_000,
-    "efficientnet_b0": 16_000,
+    "resnet18": 1_400,
+    "resnet34": 2_000,
+    "resnet50": 4_300,
+    "resnet101": 6_100,
+    "mobilenet_v3_large": 2_100,
+    "efficientnet_b0": 3_300,
 }
 
 
@@ -277,7 +278,7 @@ def check_feasible(config: EngineConfig, stats: DatasetStats, n_train: int,
             f"input_scale {scale} ({frame:.0f} px): the crop would be mostly padding. Use "
             f"crop_size <= {_round_up(frame)}.")
     if memory_bytes:
-        per_px = BYTES_PER_PIXEL.get(config.backbone, 30_000)
+        per_px = BYTES_PER_PIXEL.get(config.backbone, 6_100)
         need = per_px * config.batch_size * int(config.crop_size) ** 2
         if need > 0.7 * memory_bytes:
             fit = int(math.sqrt(0.7 * memory_bytes / (per_px * config.batch_size)) // 32 * 32)

@@ -7,11 +7,11 @@ is canonical (sorted keys, no whitespace, floats always written as floats), so
 :meth:`EngineConfig.sha256` identifies a configuration regardless of key order or of ``1``
 versus ``1.0`` in the input.
 
-The defaults are the *light* configuration: a ResNet-18 cut after its third stage (stride
-16), a two-step deconvolution head to stride-4 heatmaps with location-refinement offsets,
-working on frames scaled by 0.5, trained on 160x160 crops. On two (shared) CPU cores, 22
-minutes of training from random initialisation reach 2.1 px mean test error on the openfield
-example, and 640x480 video is analysed at 14 to 28 frames/s (see BENCHMARKS.md).
+The defaults are the *light* network, a ResNet-18 cut after its third stage (stride 16) with
+a two-step deconvolution head to heatmaps with location-refinement offsets, and leave the
+data-dependent values ``"auto"`` (:data:`AUTO_KEYS`): input scale, crop size, output stride,
+training length and validation interval are chosen from the labeled frames when a training
+starts (:mod:`element_pose.engine.autoconfig`). Figures are in BENCHMARKS.md.
 """
 
 from __future__ import annotations
