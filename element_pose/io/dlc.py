@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from .hdf5 import UnsafeFileError, read_hdf, write_hdf
 from .labels import FrameSource, LabeledData
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def _read_label_table(path: Path) -> tuple[list[str], list[tuple[str, str, str]]
     """Parse one CollectedData file into (image names, columns (individual, bodypart, coord),
     values (rows, columns) float, scorer)."""
     if path.suffix == ".h5":
-        frame = pd.read_hdf(path)
+        frame = read_hdf(path)
         levels = frame.columns.names
         cols = []
         for col in frame.columns:
@@ -253,9 +254,11 @@ def read_dlc_output(path: str | Path) -> tuple[np.ndarray, list[str], str]:
         raise FileNotFoundError(f"DeepLabCut output not found: {path}. Check the path.")
     try:
         if path.suffix == ".h5":
-            frame = pd.read_hdf(path)
+            frame = read_hdf(path)
         else:
             frame = pd.read_csv(path, header=[0, 1, 2], index_col=0)
+    except UnsafeFileError:
+        raise
     except Exception as error:  # pandas/pytables raise many kinds for a bad file
         raise DLCFormatError(f"Cannot read {path} as a DeepLabCut output: {error}") from error
     if frame.columns.nlevels != 3 or list(frame.columns.names)[-1] != "coords":
@@ -277,6 +280,6 @@ def write_dlc_output(path: str | Path, pose: np.ndarray, bodyparts: list[str], s
     path = Path(path)
     h5, csv_path = path.with_suffix(".h5"), path.with_suffix(".csv")
     frame = pose_to_dataframe(pose, bodyparts, scorer)
-    frame.to_hdf(h5, key="df_with_missing", mode="w", format="table")
+    write_hdf(frame, h5, key="df_with_missing")
     frame.to_csv(csv_path)
     return h5, csv_path
