@@ -564,9 +564,15 @@ class PoseEstimation(dj.Computed):
         return _pose_from_parts(cls.BodyPartPosition, cls._one_key(key))
 
     @classmethod
-    def get_trajectory(cls, key: dict, body_parts: Sequence[str] | None = None) -> pd.DataFrame:
-        """Trajectories in DeepLabCut's layout (columns scorer / bodyparts / coords) plus a
-        ``time`` column (seconds, from ``RecordingInfo.timestamps``); one row per frame."""
+    def get_trajectory(cls, key: dict, body_parts: Sequence[str] | None = None,
+                       index: str = "frame") -> pd.DataFrame:
+        """Trajectories in DeepLabCut's layout: columns scorer / bodyparts / coords (x, y,
+        likelihood) and nothing else, so DeepLabCut and movement read it as it is.
+
+        ``index="frame"`` (default) numbers the rows by frame; ``index="time"`` labels them
+        with the frame times in seconds (``RecordingInfo.timestamps``, also given by
+        :meth:`get_timestamps`).
+        """
         from .io.dlc import pose_to_dataframe
 
         key = cls._one_key(key)
@@ -578,9 +584,18 @@ class PoseEstimation(dj.Computed):
             pose = pose[:, [parts.index(p) for p in body_parts]]
             parts = list(body_parts)
         scorer = (Model & key).fetch1("scorer")
-        frame = pose_to_dataframe(pose, parts, scorer, index=pd.RangeIndex(len(pose), name="frame"))
-        frame.insert(0, ("time", "", ""), np.asarray((RecordingInfo & key).fetch1("timestamps")))
-        return frame
+        if index == "frame":
+            rows = pd.RangeIndex(len(pose), name="frame")
+        elif index == "time":
+            rows = pd.Index(cls.get_timestamps(key), name="time")
+        else:
+            raise ValueError(f"index must be 'frame' or 'time', got {index!r}.")
+        return pose_to_dataframe(pose, parts, scorer, index=rows)
+
+    @classmethod
+    def get_timestamps(cls, key: dict) -> np.ndarray:
+        """Time of each frame in seconds, from ``RecordingInfo.timestamps``."""
+        return np.asarray((RecordingInfo & cls._one_key(key)).fetch1("timestamps"), dtype=float)
 
     @classmethod
     def export_dlc(cls, key: dict, path: str | Path) -> tuple[Path, Path]:

@@ -146,7 +146,13 @@ def test_pose_estimation_and_trajectory(pipeline, trained):
     assert len(trajectory) == (model.RecordingInfo & trained["recording"]).fetch1("frame_count")
     scorer = (model.Model & trained["model"]).fetch1("scorer")
     assert list(trajectory.columns.names) == ["scorer", "bodyparts", "coords"]
-    np.testing.assert_allclose(trajectory[("time", "", "")].to_numpy(), np.arange(60) / 30.0, atol=1e-6)
+    # only DeepLabCut's columns (a 'time' column made movement read a keypoint named '')
+    assert set(trajectory.columns.get_level_values("coords")) == {"x", "y", "likelihood"}
+    assert trajectory.index.name == "frame"
+    np.testing.assert_allclose(model.PoseEstimation.get_timestamps(trained["pose"]),
+                               np.arange(60) / 30.0, atol=1e-6)
+    by_time = model.PoseEstimation.get_trajectory(trained["pose"], index="time")
+    np.testing.assert_allclose(by_time.index.to_numpy(), np.arange(60) / 30.0, atol=1e-6)
     xy = np.stack([trajectory[scorer][b][["x", "y"]].to_numpy() for b in BODYPARTS], axis=1)
     error = np.linalg.norm(xy - trained["sample"].keypoints, axis=-1)
     assert np.nanmedian(error) < 3.0  # every video frame, most of them never labeled
