@@ -199,10 +199,14 @@ class LabeledDataset(dj.Manual):
                       description: str = "") -> dict:
         """Insert a :class:`LabeledData` in one transaction (all rows or none)."""
         _check_name(name, "name")
+        if len(data) == 0:
+            raise ValueError(f"No labeled frames to import as {name!r} (from "
+                             f"{data.source or 'the given labels'}); label frames first.")
         key = {"dataset": name}
         blobs = []
         for frame in tqdm(data.frames, desc=f"read {name} frames", unit="frame", leave=False):
             blobs.append(_encode_frame(frame))
+        _check_inside_images(data, [size for _, _, size, _ in blobs])
         content = sha256_json({
             "bodyparts": data.bodyparts,
             "individuals": data.individuals,
@@ -305,9 +309,18 @@ class LabeledDataset(dj.Manual):
         """Decoded RGB images of the given frames, in that order."""
         key = {"dataset": (cls & key).fetch1("dataset")}
         refs = {r["frame_id"]: r["image"] for r in (cls.Frame & key).to_dicts()}
+        shas = {r["frame_id"]: r["image_sha256"]
+                for r in (cls.Frame & key).proj("image_sha256").to_dicts()}
         images = []
         for frame_id in tqdm(frame_ids, desc="load images", unit="frame", disable=not progress, leave=False):
-            buffer = np.frombuffer(refs[frame_id].read(), dtype=np.uint8)
+            payload = refs[frame_id].read()
+            if sha256_bytes(payload) != shas[frame_id]:
+                name = (cls.Frame & key & {"frame_id": frame_id}).fetch1("frame_name")
+                raise ValueError(
+                    f"The stored image of frame {name!r} (frame_id {frame_id}) of dataset "
+                    f"{key['dataset']!r} does not match its sha256: the object store was "
+                    "altered. Restore the store from a backup or re-import the dataset.")
+            buffer = np.frombuffer(payload, dtype=np.uint8)
             images.append(cv2.cvtColor(cv2.imdecode(buffer, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB))
         return images
 
@@ -339,6 +352,24 @@ def insert_hashed_params(table, id_attr: str, full: dict, params_id: int | None,
 def bodyparts_sha256(bodyparts: Sequence[str]) -> str:
     """Order-free hash of a body-part set, used to match models with datasets."""
     return sha256_json(sorted(bodyparts))
+
+
+def _check_inside_images(data: LabeledData, sizes: Sequence[tuple[int, int]]) -> None:
+    """Refuse labels outside their image (half a pixel of slack at each border)."""
+    for i, (frame, (width, height)) in enumerate(zip(data.frames, sizes, strict=True)):
+        pts = data.keypoints[i]
+        bad = np.isfinite(pts).all(axis=-1) & (
+            (pts[..., 0] < -0.5) | (pts[..., 0] > width - 0.5)
+            | (pts[..., 1] < -0.5) | (pts[..., 1] > height - 0.5))
+        if bad.any():
+            j, k = np.argwhere(bad)[0]
+            x, y = pts[j, k]
+            raise ValueError(
+                f"Label outside its image in {data.source or 'the labels'}: frame "
+                f"{frame.name!r}, body part {data.bodyparts[k]!r}"
+                + (f" of {data.individuals[j]!r}" if len(data.individuals) > 1 else "")
+                + f" at x={x:g}, y={y:g}, but the image is {width}x{height}. Fix the label "
+                "(or delete it) in the labeling tool.")
 
 
 def _encode_frame(frame) -> tuple[bytes, str, tuple[int, int], str]:

@@ -74,6 +74,10 @@ def test_reimport_is_noop_and_conflicting_name_fails(pipeline, sample, tmp_path,
     ("bodypart_mismatch", "disagree with"),
     ("missing_image", "missing"),
     ("bad_number", "not a number"),
+    ("header_only", "no labeled frames"),
+    ("h5_disagrees", "disagree on frame"),
+    ("outside_image", r"outside its image.*frame 'labeled-data/arena_cam/img\d+\.png'.*"
+                      r"x=-40.*96x72"),
 ])
 def test_bad_projects_leave_no_rows(pipeline, sample, tmp_path, damage, message):
     train = pipeline.train
@@ -92,11 +96,37 @@ def test_bad_projects_leave_no_rows(pipeline, sample, tmp_path, damage, message)
         lines = _csv(project).read_text().splitlines()
         lines[4] = lines[4].replace(lines[4].split(",")[2], "abc", 1)
         _csv(project).write_text("\n".join(lines) + "\n")
+    elif damage == "header_only":
+        lines = _csv(project).read_text().splitlines()
+        _csv(project).write_text("\n".join(lines[:3]) + "\n")
+    elif damage in ("h5_disagrees", "outside_image"):
+        frame = pd.read_csv(_csv(project), header=[0, 1, 2], index_col=0)
+        if damage == "h5_disagrees":  # a stale .h5 beside an edited .csv
+            frame.to_hdf(_csv(project).with_suffix(".h5"), key="df_with_missing", mode="w")
+            frame.iloc[2, 1] += 3.0
+        else:
+            frame.iloc[2, 0] = -40.0
+        frame.to_csv(_csv(project))
     before = (len(train.LabeledDataset()), len(train.LabeledDataset.Frame()), len(train.LabeledDataset.Label()))
-    with pytest.raises(DLCFormatError, match=message):
+    error = ValueError if damage == "outside_image" else DLCFormatError
+    with pytest.raises(error, match=message):
         train.LabeledDataset.import_dlc(project, f"bad_{damage}")
     after = (len(train.LabeledDataset()), len(train.LabeledDataset.Frame()), len(train.LabeledDataset.Label()))
     assert after == before
+
+
+def test_altered_image_in_the_store_is_detected(pipeline, sample):
+    """A swapped image in the object store would silently change every evaluation."""
+    train = pipeline.train
+    key = train.LabeledDataset.import_dlc(sample.project_dir, "synthetic_store")
+    row = (train.LabeledDataset.Frame & key & {"frame_id": 2}).fetch1("image")
+    other = (train.LabeledDataset.Frame & key & {"frame_id": 3}).fetch1("image").read()
+    with row.fs.open(row.full_path, "wb") as f:  # tamper with the store itself
+        f.write(other)
+    train.LabeledDataset.images(key, [0, 1])  # untouched frames still read
+    with pytest.raises(ValueError, match=r"frame 'labeled-data/arena_cam/img\d+\.png' "
+                                         r"\(frame_id 2\) of dataset 'synthetic_store'.*sha256"):
+        train.LabeledDataset.images(key, [1, 2])
 
 
 def test_wrong_type_name_rejected(pipeline, sample):

@@ -113,6 +113,34 @@ def _read_label_table(path: Path) -> tuple[list[str], list[tuple[str, str, str]]
 _FRAME_NUMBER = re.compile(r"(\d+)\.\w+$")
 
 
+def _check_h5_beside(path: Path, index: list[str], cols: list, values: np.ndarray) -> None:
+    """A CollectedData .csv and the .h5 beside it must hold the same labels.
+
+    DeepLabCut writes both; an edit in only one of them (or a stale copy) is an error rather
+    than a silent choice, so nothing is trained on labels the labeler did not mean.
+    """
+    h5 = path.with_suffix(".h5")
+    if path.suffix != ".csv" or not h5.is_file():
+        return
+    h5_index, h5_cols, h5_values, _ = _read_label_table(h5)
+    a = {(n, c): v for n, row in zip(index, values, strict=True)
+         for c, v in zip(cols, row, strict=True) if c[2] in ("x", "y")}
+    b = {(n, c): v for n, row in zip(h5_index, h5_values, strict=True)
+         for c, v in zip(h5_cols, row, strict=True) if c[2] in ("x", "y")}
+    if set(a) != set(b):
+        only = sorted({k[0] for k in set(a) ^ set(b)})[:3]
+        raise DLCFormatError(
+            f"{path} and {h5.name} list different frames or body parts (e.g. {only}). Re-save "
+            "the labels in DeepLabCut so both files agree, or delete the stale one.")
+    for k, v in a.items():
+        w = b[k]
+        if not (np.isnan(v) and np.isnan(w)) and not abs(v - w) <= 1e-3:
+            raise DLCFormatError(
+                f"{path} and {h5.name} disagree on frame {k[0]!r}, body part {k[1][1]!r}, "
+                f"{k[1][2]}: {v} in the csv, {w} in the h5. Re-save the labels in DeepLabCut so "
+                "both files agree, or delete the stale one.")
+
+
 def read_dlc_project(project_dir: str | Path) -> LabeledData:
     """Read the labeled frames of a DeepLabCut project folder.
 
@@ -151,6 +179,11 @@ def read_dlc_project(project_dir: str | Path) -> LabeledData:
     scorer = ""
     for path in files:
         index, cols, values, scorer = _read_label_table(path)
+        if not index:
+            raise DLCFormatError(
+                f"{path} has header rows but no labeled frames. Label frames (or delete the "
+                "file) before importing.")
+        _check_h5_beside(path, index, cols, values)
         tables.append((path, index, cols, values))
         names += index
     if len(set(names)) != len(names):
