@@ -224,9 +224,22 @@ class LabeledDataset(dj.Manual):
                 f"delete the old one first: (LabeledDataset & {key}).delete()."
             )
 
+        try:
+            cls._insert_labels(key, data, blobs, content, source_format, description)
+        except BaseException:
+            # The rows rolled back, but the images were already written to the store.
+            from .storage import remove_uncommitted
+
+            remove_uncommitted(cls.Frame, key)
+            raise
+        logger.info("Imported dataset %r: %d frames, %d body parts.", name, len(data), len(data.bodyparts))
+        return key
+
+    @classmethod
+    def _insert_labels(cls, key: dict, data: LabeledData, blobs: list, content: str,
+                       source_format: str, description: str) -> None:
         source = to_relative(data.source, get_pose_root_data_dir) if data.source else ""
-        conn = cls.connection
-        with conn.transaction:
+        with cls.connection.transaction:
             BodyPart.insert(({"body_part": b} for b in data.bodyparts), skip_duplicates=True)
             cls.insert1({
                 **key,
@@ -266,8 +279,6 @@ class LabeledDataset(dj.Manual):
                         rows.append({**key, "frame_id": i, "individual": ind, "body_part": part,
                                      "x": float(x) if visible else None, "y": float(y) if visible else None})
             cls.Label.insert(rows)
-        logger.info("Imported dataset %r: %d frames, %d body parts.", name, len(data), len(data.bodyparts))
-        return key
 
     # -- read back ---------------------------------------------------------------------------
 
