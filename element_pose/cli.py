@@ -3,6 +3,7 @@
     element-pose db      which database and object store are in use (never the password)
     element-pose demo    the end-to-end demo on the embedded database
     element-pose gc      list (--delete: remove) object-store files no row refers to
+    element-pose jobs    pending / reserved / failed work per table (--retry: failed -> pending)
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ def main(argv: list[str] | None = None) -> int:
                                    "e.g. left by a killed import or populate")
     gc.add_argument("--delete", action="store_true",
                     help="delete them (stop imports and populate workers first)")
+    jobs = sub.add_parser("jobs", help="pending, reserved and failed work per computed table")
+    jobs.add_argument("--retry", action="store_true",
+                      help="put failed jobs back to pending (after fixing their cause)")
+    jobs.add_argument("--recover", action="store_true",
+                      help="put jobs of dead or interrupted workers back to pending now")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -33,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         info = db.connect()
         print(info.describe())
         return 0
+    if args.command == "jobs":
+        return _jobs(args)
     if args.command == "gc":
         import datajoint as dj
 
@@ -65,6 +73,52 @@ def main(argv: list[str] | None = None) -> int:
         run_demo(out_dir=args.out, train_seconds=args.train_seconds)
         return 0
     return 2
+
+
+def _computed_tables() -> list:
+    """The Element's computed and imported tables, read from the database (no code needed)."""
+    import datajoint as dj
+
+    from . import db
+
+    db.connect()
+    existing = set(dj.list_schemas())
+    tables = []
+    for suffix in ("model", "train"):
+        name = db.schema_prefix() + suffix
+        if name not in existing:
+            continue
+        module = dj.VirtualModule(suffix, name)
+        for attr in sorted(vars(module)):
+            obj = getattr(module, attr)
+            if isinstance(obj, type) and issubclass(obj, (dj.Computed, dj.Imported)):
+                tables.append(obj())
+    return tables
+
+
+def _jobs(args) -> int:
+    from .jobs import job_report, recover, retry_errors
+
+    tables = _computed_tables()
+    if not tables:
+        print("No element-pose schemas in this database.")
+        return 0
+    for table in tables:
+        if args.recover:
+            recover(table)
+        if args.retry:
+            count = retry_errors(table)
+            if count:
+                print(f"{table.__class__.__name__}: {count} failed job(s) back to pending")
+    for entry in job_report(tables):
+        print(f"{entry['table']}: {entry['pending']} pending, {len(entry['reserved'])} reserved, "
+              f"{len(entry['errors'])} failed")
+        for r in entry["reserved"]:
+            print(f"  reserved {r['key']} by {r['host']} pid {r['pid']} since {r['since']}")
+        for e in entry["errors"]:
+            message = e["message"].splitlines()[0][:300] if e["message"] else ""
+            print(f"  failed   {e['key']} on {e['host']} at {e['when']}: {message}")
+    return 0
 
 
 if __name__ == "__main__":

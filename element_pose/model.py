@@ -21,6 +21,7 @@ import pandas as pd
 
 from . import train
 from .hashing import canonical_json, sha256_file
+from .jobs import RecoverJobs
 from .paths import to_full, to_relative
 
 logger = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ class VideoRecording(dj.Manual):
 
 
 @schema
-class RecordingInfo(dj.Imported):
+class RecordingInfo(RecoverJobs, dj.Imported):
     """What the video files hold: measured by decoding, not read from headers."""
 
     definition = """
@@ -327,7 +328,7 @@ class TrainingInit(dj.Manual):
 
 
 @schema
-class ModelEvaluation(dj.Computed):
+class ModelEvaluation(RecoverJobs, dj.Computed):
     """A model's accuracy on a data split's train and test frames (errors in pixels)."""
 
     definition = """
@@ -485,7 +486,7 @@ class PoseEstimationTask(dj.Manual):
 
 
 @schema
-class PoseEstimation(dj.Computed):
+class PoseEstimation(RecoverJobs, dj.Computed):
     """Body-part trajectories of a recording, aligned to ``RecordingInfo.timestamps``."""
 
     definition = """
@@ -638,7 +639,7 @@ class PoseFilterParamSet(dj.Lookup):
 
 
 @schema
-class FilteredPose(dj.Computed):
+class FilteredPose(RecoverJobs, dj.Computed):
     """Pose after confidence cut-off, jump rejection, gap interpolation and smoothing."""
 
     definition = """
@@ -708,7 +709,7 @@ class LabeledVideoTask(dj.Manual):
 
 
 @schema
-class LabeledVideo(dj.Computed):
+class LabeledVideo(RecoverJobs, dj.Computed):
     """The recording re-encoded with each body part drawn in its own colour."""
 
     definition = """

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from . import db
 from .hashing import canonical_json, sha256_bytes, sha256_file, sha256_json
 from .io.labels import LabeledData
+from .jobs import RecoverJobs
 from .paths import to_relative
 
 logger = logging.getLogger(__name__)
@@ -566,7 +567,7 @@ class TrainingTask(dj.Manual):
 
 
 @schema
-class ModelTraining(dj.Computed):
+class ModelTraining(RecoverJobs, dj.Computed):
     """A training run of the bundled engine. Trains outside any database transaction.
 
     ``config`` is the configuration actually used: every ``"auto"`` value of the parameter

@@ -1,0 +1,121 @@
+"""Jobs that survive crashes: a worker killed by SIGKILL or stopped by SIGTERM leaves work that
+the next populate(reserve_jobs=True) does; failures are listed and retried by `element-pose jobs`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from element_pose.cli import main
+from element_pose.sample import make_sample
+
+pytestmark = pytest.mark.db
+
+SLOW = {"backbone": "resnet18", "backbone_stride": 8, "head_channels": 32, "input_scale": 1.0,
+        "crop_size": 64, "batch_size": 4, "sigma": 2.5, "locref_radius": 5.0,
+        "validation_fraction": 0.0, "device": "cpu", "checkpoint_every": 20, "num_threads": 1}
+
+
+@pytest.fixture(scope="module")
+def split(pipeline, tmp_path_factory):
+    train = pipeline.train
+    root = pipeline.get_pose_root_data_dir()[0]
+    sample = make_sample(f"{root}/jobs", n_frames=12, n_labeled=12, width=64, height=48, seed=7)
+    dataset = train.LabeledDataset.import_dlc(sample.project_dir, "jobs")
+    return train.DataSplit.random(dataset, test_fraction=0.25, seed=0)
+
+
+def _task(pipeline, split, iterations: int) -> dict:
+    train = pipeline.train
+    params = train.TrainingParamSet.insert_new_params({**SLOW, "iterations": iterations})
+    task = {**split, **params, "run_id": 0}
+    train.TrainingTask.insert1(task, skip_duplicates=True)
+    return task
+
+
+def _worker(task: dict) -> subprocess.Popen:
+    script = ("from workflow.pipeline import train\n"
+              f"train.ModelTraining.populate({task!r}, reserve_jobs=True)\n")
+    return subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _status(pipeline, task: dict) -> str | None:
+    rows = (pipeline.train.ModelTraining.jobs & task).to_dicts()
+    return rows[0]["status"] if rows else None
+
+
+def _wait_reserved(pipeline, task: dict, worker: subprocess.Popen) -> None:
+    for _ in range(600):
+        if _status(pipeline, task) == "reserved":
+            time.sleep(3)  # well inside make(): training has started
+            return
+        assert worker.poll() is None, worker.communicate()
+        time.sleep(0.2)
+    raise AssertionError("the worker never reserved its job")
+
+
+def test_sigkill_worker_job_is_done_by_the_next_populate(pipeline, split):
+    train = pipeline.train
+    task = _task(pipeline, split, iterations=600)
+    worker = _worker(task)
+    _wait_reserved(pipeline, task, worker)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(timeout=60)
+    assert _status(pipeline, task) == "reserved"  # what DataJoint leaves behind
+    # DataJoint alone would skip the key; the Element's populate recovers it
+    result = train.ModelTraining.populate(task, reserve_jobs=True)
+    assert result["success_count"] == 1
+    assert len(train.ModelTraining & task) == 1
+    assert _status(pipeline, task) in (None, "success")  # DataJoint drops finished jobs
+
+
+def test_sigterm_releases_the_reservation(pipeline, split):
+    task = _task(pipeline, split, iterations=3000)
+    worker = _worker(task)
+    _wait_reserved(pipeline, task, worker)
+    worker.send_signal(signal.SIGTERM)
+    out, err = worker.communicate(timeout=120)
+    assert worker.returncode != 0
+    assert _status(pipeline, task) == "pending", err[-2000:]
+    assert "released" in err
+    assert not pipeline.train.ModelTraining & task
+    # clean up: this training is not needed by other tests
+    (pipeline.train.ModelTraining.jobs & task).delete_quick()
+    (pipeline.train.TrainingTask & task).delete_quick()
+
+
+def test_failed_jobs_are_listed_and_retried(pipeline, split, capsys):
+    """A failure stays failed (it is not an interruption) until `element-pose jobs --retry`."""
+    train = pipeline.train
+    from element_pose.io.dlc import read_dlc_project
+    from element_pose.io.labels import LabeledData
+
+    base = train.LabeledDataset.keypoints(split)
+    source = (train.LabeledDataset & split).fetch1("source_path")
+    root = pipeline.get_pose_root_data_dir()[0]
+    data = read_dlc_project(f"{root}/{source}")
+    two = LabeledData(bodyparts=data.bodyparts, individuals=["a", "b"], frames=data.frames,
+                      keypoints=np.concatenate([base, base], axis=1), source="")
+    key = train.LabeledDataset.import_labels(two, "jobs_two")
+    bad_split = train.DataSplit.random(key, 0.25, 0)
+    task = _task(pipeline, bad_split, iterations=5)
+    result = train.ModelTraining.populate(task, reserve_jobs=True, suppress_errors=True)
+    assert result["success_count"] == 0 and len(result["error_list"]) == 1
+    assert _status(pipeline, task) == "error"
+    train.ModelTraining.populate(task, reserve_jobs=True, suppress_errors=True)
+    assert _status(pipeline, task) == "error"  # a real error is not retried by itself
+
+    assert main(["jobs"]) == 0
+    out = capsys.readouterr().out
+    assert "ModelTraining" in out and "failed" in out and "single-animal" in out
+    assert main(["jobs", "--retry"]) == 0
+    assert "1 failed job(s) back to pending" in capsys.readouterr().out
+    assert _status(pipeline, task) == "pending"
+    (train.ModelTraining.jobs & task).delete_quick()
