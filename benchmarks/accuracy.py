@@ -14,6 +14,11 @@ Usage::
 
     python benchmarks/accuracy.py                       # every dataset, ours only
     python benchmarks/accuracy.py --datasets openfield mirror-mouse --dlc
+    python benchmarks/accuracy.py --dlc --no-ours        # DeepLabCut only (e.g. in parallel)
+    python benchmarks/accuracy.py --table                # rebuild accuracy.md from the results
+
+Each dataset's figures go to ``--out`` as ``ours_<dataset>.json`` / ``dlc_<dataset>.json``;
+``accuracy.md`` is rebuilt from every result found there.
 """
 
 from __future__ import annotations
@@ -166,17 +171,22 @@ def _fmt(value, digits: int = 2) -> str:
 def markdown(results: list[dict], meta: dict) -> str:
     """The side-by-side table."""
     lines = [
-        f"Machine: {meta['machine']}; torch {meta['torch']}; {meta['date']}. "
-        "Random initialisation, default parameters (`{}`), test frames of each split.",
+        f"Machine: {meta['machine']}; torch {meta['torch']}. Random initialisation, default "
+        "parameters (`{}`), test frames of each split. Runs: "
+        + "; ".join(f"{r['ours']['dataset']} {r['ours'].get('meta', {}).get('date', '')}"
+                    for r in results) + ".",
         "",
         "| dataset | mean px | median px | RMSE px | PCK@5 | p-cutoff px | worst part / median "
         "| iterations (best) | train min | video frames/s | chosen (scale, crop, stride) "
-        "| DLC mean px | DLC PCK@5 | DLC min | DLC video frames/s |",
+        "| DLC mean px | DLC PCK@5 | DLC train min | DLC video frames/s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         o, d = r["ours"], r.get("dlc") or {}
-        dm = d.get("metrics", d)
+        test = d.get("own_metrics", {}).get("test", {})
+        dm = {"test_mean_px": test.get("mean_px"), "test_pck5": test.get("pck@5px")}
+        d = {"wall_minutes": d.get("train", {}).get("wall_s", 0) / 60 or None,
+             "video_fps": d.get("video", {}).get("fps_end_to_end")} if d else {}
         c = o["chosen"]
         lines.append(
             f"| {o['dataset']} | {_fmt(o['mean_px'])} | {_fmt(o['median_px'])} "
@@ -208,6 +218,8 @@ def main() -> None:
     ap.add_argument("--datasets", nargs="+", default=list(datasets()),
                     help=f"subset of: {', '.join(datasets())}")
     ap.add_argument("--dlc", action="store_true", help="also run DeepLabCut 3.0.2 on each split")
+    ap.add_argument("--no-ours", action="store_true", help="skip element-pose (DeepLabCut only)")
+    ap.add_argument("--table", action="store_true", help="only rebuild accuracy.md")
     ap.add_argument("--dlc-epochs", type=int, default=150)
     ap.add_argument("--dlc-crop", type=int, default=256)
     ap.add_argument("--video-frames", type=int, default=500)
@@ -234,19 +246,32 @@ def main() -> None:
             + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"),
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M"),
             "command": " ".join(["python", *sys.argv])}
-    results = []
-    for name in args.datasets:
+    for name in [] if args.table else args.datasets:
         print(f"== {name}", flush=True)
-        entry = {"ours": run_ours(name, table[name], args.video_frames)}
-        print(json.dumps(entry["ours"]), flush=True)
+        if not args.no_ours:
+            ours = {**run_ours(name, table[name], args.video_frames), "meta": meta}
+            (out / f"ours_{name}.json").write_text(json.dumps(ours, indent=1))
+            print(json.dumps(ours), flush=True)
         if args.dlc:
-            entry["dlc"] = run_dlc(name, table[name], work, args.dlc_epochs, args.dlc_crop,
-                                   args.video_frames)
-            print(json.dumps(entry["dlc"])[:2000], flush=True)
-        results.append(entry)
-        (out / "accuracy.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-        (out / "accuracy.md").write_text(markdown(results, meta))
-    print(markdown(results, meta))
+            if args.no_ours:  # the DLC layout of a SLEAP dataset is written from the tables
+                from workflow.pipeline import train
+
+                if table[name]["kind"] == "sleap" and not train.LabeledDataset & {"dataset": name}:
+                    train.LabeledDataset.import_sleap(table[name]["path"], name,
+                                                      include_predicted=True)
+            dlc = run_dlc(name, table[name], work, args.dlc_epochs, args.dlc_crop,
+                          args.video_frames)
+            (out / f"dlc_{name}.json").write_text(json.dumps({**dlc, "meta": meta}, indent=1))
+            print(json.dumps(dlc)[:2000], flush=True)
+    results = []
+    for name in table:
+        ours, dlc = out / f"ours_{name}.json", out / f"dlc_{name}.json"
+        if ours.is_file():
+            results.append({"ours": json.loads(ours.read_text()),
+                            "dlc": json.loads(dlc.read_text()) if dlc.is_file() else None})
+    text = markdown(results, meta)
+    (out / "accuracy.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

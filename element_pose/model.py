@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from . import train
-from .hashing import canonical_json, sha256_file
+from .hashing import canonical_json, sha256_file, sha256_json
 from .jobs import RecoverJobs
 from .paths import to_full, to_relative
 
@@ -452,17 +452,23 @@ class PoseEstimationTask(dj.Manual):
     ---
     task_mode='trigger': varchar(8)   # trigger | load
     output_path='': varchar(1000)     # load: DeepLabCut .h5/.csv, relative to a root data dir
-    inference_params=null: json       # e.g. {"batch_size": 8}
+    inference_params=null: json       # e.g. {"batch_size": 8, "chunk_frames": 2048}
     """
 
     @classmethod
     def add(cls, recording_key: dict, model_key: dict, mode: str = "trigger",
-            output_path: str | Path | None = None, batch_size: int = 8) -> dict:
-        """Insert a task after checking its arguments; returns its key."""
+            output_path: str | Path | None = None, batch_size: int = 8,
+            chunk_frames: int = 2048) -> dict:
+        """Insert a task after checking its arguments; returns its key.
+
+        ``chunk_frames``: the analysis saves its output every that many frames, so a killed
+        worker's successor resumes there instead of at frame 0.
+        """
         if mode not in TASK_MODES:
             raise ValueError(f"mode must be one of {TASK_MODES}, got {mode!r}.")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise TypeError(f"batch_size must be a positive int, got {batch_size!r}.")
+        for name, value in (("batch_size", batch_size), ("chunk_frames", chunk_frames)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise TypeError(f"{name} must be a positive int, got {value!r}.")
         if not RecordingInfo & recording_key:
             raise ValueError(f"No RecordingInfo for {recording_key}; run RecordingInfo.populate() first.")
         relative = ""
@@ -474,7 +480,10 @@ class PoseEstimationTask(dj.Manual):
         if len(recordings) != 1:
             raise ValueError(f"{recording_key} matches {len(recordings)} recordings; give exactly one.")
         key = {**recordings[0], "model_name": (Model & model_key).fetch1("model_name")}
-        row = {**key, "task_mode": mode, "output_path": relative, "inference_params": {"batch_size": batch_size}}
+        params = {"batch_size": batch_size}
+        if chunk_frames != 2048:
+            params["chunk_frames"] = chunk_frames
+        row = {**key, "task_mode": mode, "output_path": relative, "inference_params": params}
         if cls & key:
             existing = (cls & key).fetch1()
             if any(existing[k] != row[k] for k in ("task_mode", "output_path", "inference_params")):
@@ -536,7 +545,9 @@ class PoseEstimation(RecoverJobs, dj.Computed):
         paths = [to_full(f, _root_dirs) for f in files]
         net = Model.load(key)
         started = time.perf_counter()
-        pose, stats = net.predict_video(paths, batch_size=int(params.get("batch_size", 8)), progress=True)
+        pose, stats = net.predict_video(paths, batch_size=int(params.get("batch_size", 8)),
+                                        progress=True, resume_dir=self._resume_dir(key),
+                                        chunk_frames=int(params.get("chunk_frames", 2048)))
         seconds = time.perf_counter() - started
         if len(pose) != frame_count:
             raise ValueError(f"Decoded {len(pose)} frames but RecordingInfo says {frame_count}; "
@@ -551,6 +562,21 @@ class PoseEstimation(RecoverJobs, dj.Computed):
              "likelihood": pose[:, k, 2].copy()}
             for k, part in enumerate(Model.bodyparts(key))
         )
+        # The checkpointed output of the analysis is in the rows now (removed at commit time
+        # would be better, but a leftover folder is only disk space: the next run of this key
+        # finds the rows and never reads it).
+        shutil.rmtree(self._resume_dir(key), ignore_errors=True)
+
+    @staticmethod
+    def _resume_dir(key: dict) -> Path:
+        """Where an analysis of ``key`` checkpoints its output: named by everything the output
+        depends on, so a changed model, video list or batch size never resumes old chunks."""
+        task = (PoseEstimationTask & key).fetch1()
+        files = [r["file_path"] for r in (VideoRecording.File & key).to_dicts(order_by="file_id")]
+        digest = sha256_json({"key": {k: key[k] for k in PoseEstimationTask.primary_key},
+                              "weights": (Model & key).fetch1("weights_sha256"), "files": files,
+                              "params": task["inference_params"] or {}})
+        return train.get_pose_processed_data_dir() / "pose" / digest[:24]
 
     @classmethod
     def _one_key(cls, key: dict) -> dict:

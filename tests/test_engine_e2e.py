@@ -158,6 +158,33 @@ def test_predict_video_streams_all_frames(trained, tmp_path):
         model.predict_video(tmp_path / "missing.mp4", progress=False)
 
 
+def test_video_analysis_resumes_from_saved_chunks(trained, tmp_path):
+    """Output is checkpointed every few frames; after a crash the analysis continues where it
+    was and the result equals an uninterrupted run."""
+    result = trained[0]
+    frames, _ = make_frames(45, seed=11)
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (128, 96))
+    for f in frames:
+        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    writer.release()
+    model = load_model(result.checkpoint_path, device="cpu")
+    plain, _ = model.predict_video(path, batch_size=4, progress=False)
+    resume = tmp_path / "resume"
+    full, _ = model.predict_video(path, batch_size=4, progress=False, resume_dir=resume,
+                                  chunk_frames=10)  # rounded up to 12: whole batches
+    assert np.array_equal(full, plain)
+    chunks = sorted(resume.glob("chunk_*.npy"))
+    assert [c.name for c in chunks] == [f"chunk_{i:010d}.npy" for i in (0, 12, 24)]
+    # a crash after two chunks: the third is gone; a rerun computes only frames 24..44
+    chunks[2].unlink()
+    kept = chunks[0].stat().st_mtime_ns
+    resumed, stats = model.predict_video(path, batch_size=4, progress=False, resume_dir=resume,
+                                         chunk_frames=10)
+    assert np.array_equal(resumed, plain) and stats["frames"] == 45
+    assert chunks[0].stat().st_mtime_ns == kept  # the saved chunks were read, not redone
+
+
 def test_training_is_deterministic_and_resumes_after_crash(tmp_path):
     frames, kps = make_frames(16, seed=3)
     cfg = tiny_config(iterations=6, checkpoint_every=3, batch_size=4, head_channels=16)

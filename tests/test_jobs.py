@@ -119,3 +119,47 @@ def test_failed_jobs_are_listed_and_retried(pipeline, split, capsys):
     assert "1 failed job(s) back to pending" in capsys.readouterr().out
     assert _status(pipeline, task) == "pending"
     (train.ModelTraining.jobs & task).delete_quick()
+
+
+def test_killed_pose_estimation_resumes_where_it_was(pipeline, split, tmp_path):
+    """A long analysis killed by SIGKILL continues from its last saved chunk; the row equals an
+    uninterrupted run of the same model on the same video."""
+    train, model = pipeline.train, pipeline.model
+    task = _task(pipeline, split, iterations=30)
+    train.ModelTraining.populate(task)
+    model_key = model.Model.from_training(task, "jobs_model")
+    root = pipeline.get_pose_root_data_dir()[0]
+    long = make_sample(f"{root}/jobs_long", n_frames=900, n_labeled=2, width=64, height=48, seed=9)
+    pipeline.Subject.insert1({"subject": "jobs"}, skip_duplicates=True)
+    session = {"subject": "jobs", "session_id": 1}
+    pipeline.Session.insert1({**session, "session_datetime": "2026-11-21 10:00:00"},
+                             skip_duplicates=True)
+    pipeline.Device.insert1({"device": "cam_jobs"}, skip_duplicates=True)
+    recording = model.VideoRecording.add(session, 1, {"device": "cam_jobs"}, [long.video_path])
+    model.RecordingInfo.populate(recording)
+    key = model.PoseEstimationTask.add(recording, model_key, batch_size=4, chunk_frames=40)
+    resume = model.PoseEstimation._resume_dir(key)
+
+    script = ("import torch; torch.set_num_threads(1)\n"
+              "from workflow.pipeline import model\n"
+              f"model.PoseEstimation.populate({key!r}, reserve_jobs=True)\n")
+    worker = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(1200):
+        if len(list(resume.glob("chunk_*.npy"))) >= 3:
+            break
+        assert worker.poll() is None, worker.communicate()
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(timeout=60)
+    saved = sorted(resume.glob("chunk_*.npy"))
+    assert 3 <= len(saved) and not model.PoseEstimation & key
+
+    result = model.PoseEstimation.populate(key, reserve_jobs=True)
+    assert result["success_count"] == 1
+    pose, _ = model.PoseEstimation.pose_array(key)
+    assert pose.shape[0] == 900
+    direct, _ = model.Model.load(model_key).predict_video([long.video_path], batch_size=4,
+                                                          progress=False)
+    np.testing.assert_array_equal(pose, direct.astype(np.float64))
+    assert not resume.exists()  # removed once the rows are in

@@ -130,7 +130,8 @@ class PoseModel:
         return out
 
     def predict_video(self, paths: str | Path | Sequence[str | Path], batch_size: int = 8,
-                      progress: bool = True, stop: int | None = None
+                      progress: bool = True, stop: int | None = None,
+                      resume_dir: str | Path | None = None, chunk_frames: int = 2048
                       ) -> tuple[np.ndarray, dict]:
         """Predict keypoints on every frame of one video or of several, concatenated in order.
 
@@ -144,6 +145,14 @@ class PoseModel:
             Show a tqdm progress bar.
         stop : int, optional
             Analyse only the first ``stop`` frames (of the concatenation).
+        resume_dir : str or Path, optional
+            Folder for checkpointed output: every ``chunk_frames`` frames the poses so far are
+            saved there, and a run that finds chunks there (of an earlier run of the same
+            model, videos and batch size that was killed) decodes past them without running
+            the network. Batches are formed exactly as in an uninterrupted run, so the result
+            is identical. The caller removes the folder when it is done with it.
+        chunk_frames : int
+            Frames per saved chunk (rounded up to a multiple of ``batch_size``).
 
         Returns
         -------
@@ -169,24 +178,40 @@ class PoseModel:
             total = None
         if stop is not None:
             total = min(total, stop) if total else stop
+        chunk_frames = max(1, -(-chunk_frames // batch_size)) * batch_size
+        saved = _SavedChunks(resume_dir) if resume_dir is not None else None
+        done = saved.frames if saved else 0
         bar = tqdm(total=total, desc="analyse", unit="frame", disable=not progress,
-                   dynamic_ncols=True)
-        chunks: list[np.ndarray] = []
-        pending: torch.Tensor | None = None
+                   dynamic_ncols=True, initial=done)
+        chunks: list[np.ndarray] = list(saved.arrays) if saved else []
+        since_save: list[np.ndarray] = []  # results not yet in a saved chunk
+        unsaved = 0
+        pending: torch.Tensor | None = None  # copied back one batch later: overlaps transfers
         compute = 0.0
         frames = 0
         t0 = time.perf_counter()
         for batch in iter_video_batches(paths, batch_size, stop=stop):
+            frames += len(batch)
+            if frames <= done:
+                continue  # analysed before an interruption: decoded only to keep batches aligned
             tc = time.perf_counter()
             pose = self._infer(self._to_device(batch), bgr=True)
             if pending is not None:
-                chunks.append(pending.cpu().numpy())
+                since_save.append(pending.cpu().numpy())
             pending = pose
             compute += time.perf_counter() - tc
-            frames += len(batch)
             bar.update(len(batch))
+            unsaved += len(batch)
+            if saved is not None and unsaved >= chunk_frames:
+                since_save.append(pending.cpu().numpy())
+                pending = None
+                chunk = np.concatenate(since_save)
+                saved.save(chunk)
+                chunks.append(chunk)
+                since_save, unsaved = [], 0
         if pending is not None:
-            chunks.append(pending.cpu().numpy())
+            since_save.append(pending.cpu().numpy())
+        chunks.extend(since_save)
         seconds = time.perf_counter() - t0
         bar.close()
         poses = (np.concatenate(chunks).astype(np.float32) if chunks else
@@ -197,6 +222,33 @@ class PoseModel:
         logger.info("Analysed %d frames in %.1f s (%.1f frames/s)", frames, seconds,
                     stats["fps"])
         return poses, stats
+
+
+class _SavedChunks:
+    """Checkpointed video output: ``chunk_<first frame>.npy`` files, contiguous from frame 0."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.arrays: list[np.ndarray] = []
+        self.frames = 0
+        for path in sorted(self.folder.glob("chunk_*.npy")):
+            if int(path.stem.split("_")[1]) != self.frames:
+                break  # a gap: keep only what is contiguous
+            array = np.load(path)
+            self.arrays.append(array)
+            self.frames += len(array)
+        if self.frames:
+            logger.info("Resuming video analysis at frame %d from %s", self.frames, self.folder)
+
+    def save(self, poses: np.ndarray) -> None:
+        """Append a chunk (written to a temporary name, then renamed: never half a file)."""
+        path = self.folder / f"chunk_{self.frames:010d}.npy"
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, poses)
+        tmp.replace(path)
+        self.arrays.append(poses)
+        self.frames += len(poses)
 
 
 def _frame_count_hint(path: Path) -> int:
