@@ -176,6 +176,25 @@ def draw_pose(
     return image
 
 
+def _h264_writer(path: Path, width: int, height: int, fps: float):
+    """A started imageio-ffmpeg generator taking RGB uint8 frames, writing browser-playable
+    H.264 MP4 (yuv420p needs even sizes: odd ones are padded, never resized)."""
+    import imageio_ffmpeg
+
+    writer = imageio_ffmpeg.write_frames(
+        str(path), (width, height), fps=fps, codec="libx264", pix_fmt_in="rgb24",
+        pix_fmt_out="yuv420p", macro_block_size=1, quality=None,
+        output_params=["-crf", "18", "-preset", "veryfast", "-movflags", "+faststart",
+                       "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"],
+        ffmpeg_log_level="error")
+    try:
+        writer.send(None)  # start ffmpeg
+    except Exception as error:
+        raise VideoError(f"Cannot start ffmpeg to write {path} (H.264, {width}x{height}, "
+                         f"{fps} fps): {error}") from error
+    return writer
+
+
 def write_labeled_video(
     video_paths: Sequence[str | Path] | str | Path,
     pose: np.ndarray,
@@ -199,7 +218,8 @@ def write_labeled_video(
     bodyparts : sequence of str
         K body part names (colour by index, see :func:`bodypart_colors`).
     out_path : str or Path
-        Output ``.mp4`` (mp4v codec). Written to a temporary file in the same folder, then
+        Output ``.mp4``: H.264 (libx264, yuv420p, ``+faststart``) that browsers play, written
+        by the ffmpeg that imageio-ffmpeg ships (odd frame sizes are padded by one pixel). Written to a temporary file in the same folder, then
         renamed, so a failed run leaves nothing behind; an existing file is replaced.
     pcutoff, skeleton, dot_radius, hide_below_cutoff
         See :func:`draw_pose`.
@@ -227,7 +247,7 @@ def write_labeled_video(
         raise ValueError("video_paths is empty; pass the recording's video file(s).")
     out_path = Path(out_path)
     if out_path.suffix.lower() != ".mp4":
-        raise ValueError(f"out_path={str(out_path)!r} must end in .mp4 (the mp4v codec is written to MP4).")
+        raise ValueError(f"out_path={str(out_path)!r} must end in .mp4 (H.264 is written to MP4).")
     pose = np.asarray(pose, dtype=np.float64)
     bodyparts = list(bodyparts)
     if pose.ndim != 3 or pose.shape[2] != 3:
@@ -259,9 +279,7 @@ def write_labeled_video(
     tmp_path = out_path.with_name(f".{out_path.stem}.{uuid.uuid4().hex[:12]}.partial.mp4")
     writer = None
     try:
-        writer = cv2.VideoWriter(str(tmp_path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-        if not writer.isOpened():
-            raise VideoError(f"OpenCV cannot open a video writer for {tmp_path} (mp4v, {width}x{height}, {fps} fps).")
+        writer = _h264_writer(tmp_path, width, height, fps)
         bar = tqdm(total=n_frames, desc=f"label {out_path.name}", unit="frame", disable=not progress)
         index = 0
         for path in paths:
@@ -270,18 +288,21 @@ def write_labeled_video(
                     raise VideoError(f"{path} decoded more frames than when it was probed; the file changed.")
                 labeled = draw_pose(frame, pose[index], colors, pcutoff=pcutoff, skeleton=edges,
                                     dot_radius=dot_radius, hide_below_cutoff=hide_below_cutoff)
-                writer.write(cv2.cvtColor(labeled, cv2.COLOR_RGB2BGR))
+                writer.send(np.ascontiguousarray(labeled))
                 index += 1
                 bar.update(1)
         bar.close()
         if index != n_frames:
             raise VideoError(f"Decoded {index} frames while writing, {n_frames} when probing; the input changed.")
-        writer.release()
+        writer.close()
         writer = None
         os.replace(tmp_path, out_path)
     except BaseException:
         if writer is not None:
-            writer.release()
+            try:
+                writer.close()
+            except Exception:  # ffmpeg may already be gone; the partial file goes anyway
+                pass
         tmp_path.unlink(missing_ok=True)
         raise
     logger.info("Wrote labeled video %s (%d frames, %dx%d, %.3g fps).", out_path, n_frames, width, height, fps)

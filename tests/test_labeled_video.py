@@ -126,3 +126,25 @@ def test_frame_count_mismatch_writes_nothing(tmp_path):
     with pytest.raises(ValueError, match="must end in .mp4"):
         write_labeled_video(video, _pose(4), BODYPARTS, tmp_path / "labeled.avi", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gray.mp4"]
+
+
+def test_labeled_video_is_h264_that_browsers_play(tmp_path):
+    """MPEG-4 Part 2 does not play in browsers; H.264 (yuv420p) does. Odd sizes are padded."""
+    import imageio_ffmpeg
+
+    src = tmp_path / "odd.avi"  # lossless, odd-sized (OpenCV's writer rounds sizes to even)
+    writer = imageio_ffmpeg.write_frames(str(src), (65, 47), fps=25.0, codec="ffv1",
+                                         macro_block_size=1, pix_fmt_out="bgr0")
+    writer.send(None)
+    for _ in range(5):
+        writer.send(np.full((47, 65, 3), GRAY, dtype=np.uint8))
+    writer.close()
+    assert (probe_video(src).width, probe_video(src).height) == (65, 47)
+    pose = np.tile(np.array([[[30.0, 20.0, 1.0]]]), (5, 1, 1))
+    out = write_labeled_video(src, pose, ["a"], tmp_path / "labeled.mp4", progress=False)
+    info = probe_video(out)
+    assert info.codec.lower() in ("avc1", "h264")
+    assert (info.frame_count, info.width, info.height) == (5, 66, 48)
+    with open(out, "rb") as f:  # +faststart: the index (moov) comes before the media data
+        head = f.read(4096)
+    assert head.find(b"moov") != -1 and (head.find(b"mdat") == -1 or head.find(b"moov") < head.find(b"mdat"))
