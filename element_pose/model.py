@@ -786,10 +786,19 @@ class LabeledVideo(RecoverJobs, dj.Computed):
 
 
 def export_nwb(key: dict, path: str | Path, filter_paramset_id: int | None = None,
-               overwrite: bool = False) -> Path:
+               overwrite: bool = False, subject: dict | None = None,
+               metadata: dict | None = None) -> Path:
     """Export one pose estimation (raw, or filtered with ``filter_paramset_id``) to NWB with
     ndx-pose: PoseEstimation, PoseEstimationSeries, Skeleton, timestamps, the model as source
-    software. Refuses an existing ``path`` unless ``overwrite``."""
+    software. Refuses an existing ``path`` unless ``overwrite``.
+
+    The subject comes from the upstream ``Subject`` row of the session (``sex``, ``species``,
+    ``subject_birth_date`` or ``date_of_birth``, ``subject_description``), completed or
+    overridden by ``subject`` (NWB ``Subject`` fields, e.g. ``{"species": "Mus musculus",
+    "age": "P90D"}``). DANDI requires species, sex and an age or birth date: when one is
+    missing, nothing is written and the error says how to give it. ``metadata`` sets NWBFile
+    fields such as ``experimenter``, ``institution``, ``lab``, ``experiment_description``.
+    """
     from datetime import datetime
 
     from . import __version__
@@ -804,13 +813,53 @@ def export_nwb(key: dict, path: str | Path, filter_paramset_id: int | None = Non
     start = session.get("session_datetime") or datetime.now()
     if not isinstance(start, datetime):
         start = datetime.fromisoformat(str(start))
+    fields = {**_subject_fields(key, start), **(subject or {})}
+    missing = [f for f in ("species", "sex") if not fields.get(f)]
+    if not (fields.get("age") or fields.get("date_of_birth")):
+        missing.append("age or date_of_birth")
+    if missing:
+        raise ValueError(
+            f"NWB export of {key}: the subject's {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} unknown (DANDI requires them). Add them to "
+            "the Subject table (sex, species, subject_birth_date) or pass them, e.g. "
+            "subject={'species': 'Mus musculus', 'sex': 'F', 'age': 'P90D'}.")
     info = (RecordingInfo & key).fetch1()
     model_row = (Model & key).fetch1()
+    extra = {"session_id": str(session.get("session_id", "")),
+             "keywords": ["pose estimation", "behavior"], **(metadata or {})}
+    if session.get("session_description"):
+        extra.setdefault("experiment_description", session["session_description"])
     return write(
         path, pose, parts, np.asarray(info["timestamps"]), session_start_time=start,
-        skeleton_edges=Model.skeleton(key), subject_id=str(session.get("subject", "")) or None,
-        session_description=f"element-pose {key}", source_software="element-pose",
+        skeleton_edges=Model.skeleton(key), subject=fields,
+        session_description=session.get("session_description") or f"element-pose {key}",
+        source_software="element-pose",
         source_software_version=__version__, model_name=model_row["model_name"],
         scorer=model_row["scorer"], video_paths=VideoRecording.file_paths(key),
-        video_frame_counts=info["file_frame_counts"], overwrite=overwrite,
+        video_frame_counts=info["file_frame_counts"], overwrite=overwrite, nwbfile_fields=extra,
     )
+
+
+def _subject_fields(key: dict, session_start) -> dict:
+    """NWB Subject fields from the upstream Subject row, where the linking module has one."""
+    from datetime import date, datetime, time, timezone
+
+    table = getattr(_linking_module, "Subject", None)
+    row = (table & key).fetch1() if table is not None and "subject" in key and (table & key) else {}
+    out = {"subject_id": str(key.get("subject", row.get("subject", ""))) or None}
+    sex = str(row.get("sex") or "").upper()[:1]
+    if sex:
+        out["sex"] = sex if sex in "MFUO" else "O"
+    if row.get("species"):
+        out["species"] = str(row["species"])
+    birth = row.get("subject_birth_date") or row.get("date_of_birth")
+    if birth:
+        if isinstance(birth, str):
+            birth = date.fromisoformat(birth[:10])
+        if isinstance(birth, date) and not isinstance(birth, datetime):
+            birth = datetime.combine(birth, time())
+        tz = session_start.tzinfo or datetime.now().astimezone().tzinfo or timezone.utc
+        out["date_of_birth"] = birth if birth.tzinfo else birth.replace(tzinfo=tz)
+    if row.get("subject_description"):
+        out["description"] = str(row["subject_description"])
+    return {k: v for k, v in out.items() if v is not None}

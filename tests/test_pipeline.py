@@ -289,7 +289,22 @@ def test_filtered_pose_labeled_video_and_nwb(pipeline, trained, tmp_path):
 
     from element_pose.io.nwb import read_nwb_pose
 
-    nwb = model.export_nwb(trained["pose"], tmp_path / "pose.nwb")
+    # DANDI needs the subject's age or birth date: the sample Subject row has neither
+    with pytest.raises(ValueError, match="age or date_of_birth.*subject="):
+        model.export_nwb(trained["pose"], tmp_path / "pose.nwb")
+    assert not (tmp_path / "pose.nwb").exists()
+    nwb = model.export_nwb(trained["pose"], tmp_path / "pose.nwb", subject={"age": "P90D"},
+                           metadata={"experimenter": ["Doe, Jane"], "institution": "Lab U"})
+    from nwbinspector import Importance, inspect_nwbfile, load_config
+
+    found = [m for m in inspect_nwbfile(nwbfile_path=str(nwb), config=load_config("dandi"))
+             if m.importance in (Importance.CRITICAL, Importance.ERROR)]
+    assert found == [], [m.message for m in found]
+    from pynwb import NWBHDF5IO
+
+    with NWBHDF5IO(str(nwb), "r") as io:
+        subject = io.read().subject
+        assert (subject.species, subject.sex, subject.age) == ("Mus musculus", "U", "P90D")
     pose, names, timestamps = read_nwb_pose(nwb)
     assert names == parts
     np.testing.assert_allclose(pose, raw, rtol=1e-6)

@@ -87,7 +87,8 @@ def run_demo(out_dir: str | Path | None = None, train_seconds: float | None = No
         print(f"session {session_id}: {video}")
 
     _step("Subject, sessions, camera, recordings")
-    Subject.insert1({"subject": "demo_mouse", "sex": "F"}, skip_duplicates=True)
+    Subject.insert1({"subject": "demo_mouse", "sex": "F", "subject_birth_date": "2026-08-01"},
+                    skip_duplicates=True)
     Device.insert1({"device": "arena_cam", "device_description": "top camera"}, skip_duplicates=True)
     recordings = []
     for session_id, when, _ in SESSIONS:

@@ -31,7 +31,8 @@ class Subject(dj.Manual):
     definition = """
     subject: varchar(32)
     ---
-    sex='U': varchar(1)               # M | F | U
+    sex='U': varchar(1)               # M | F | U | O
+    species='Mus musculus': varchar(64)
     subject_birth_date=null: date
     subject_description='': varchar(1000)
     """
