@@ -84,3 +84,18 @@ def test_recording_files_must_share_frame_rate(pipeline, session_key, data_root)
     with pytest.raises(VideoError, match="frame rate"):
         model.RecordingInfo.populate(key)
     assert not model.RecordingInfo & key
+
+
+def test_read_frame_any_order_equals_sequential_decoding(tmp_path):
+    """Labeled frames are read from an open video decoding forward (one pass for frames in
+    order); backwards and repeated reads are exact too, and a rewritten file is reopened."""
+    from element_pose.engine.video import iter_frames, read_frame
+
+    path = write_video(tmp_path / "v.mp4", 40)
+    frames = list(iter_frames(path))
+    for index in (3, 4, 17, 39, 2, 17, 0, 38):
+        assert np.array_equal(read_frame(path, index), frames[index]), index
+    with pytest.raises(VideoError, match="no frame 40"):
+        read_frame(path, 40)
+    write_video(path, 12, width=32, height=24)  # the same path, other content
+    assert read_frame(path, 5).shape == (24, 32, 3)
