@@ -26,6 +26,7 @@ from . import db
 from .hashing import canonical_json, sha256_bytes, sha256_file, sha256_json
 from .io.labels import LabeledData
 from .jobs import RecoverJobs
+from .names import check_name, check_names
 from .paths import to_relative
 
 logger = logging.getLogger(__name__)
@@ -77,9 +78,7 @@ def get_pose_processed_data_dir() -> Path:
 
 
 def _check_name(value: Any, what: str, max_len: int = 64) -> str:
-    if not isinstance(value, str) or not value or len(value) > max_len:
-        raise TypeError(f"{what} must be a non-empty string of at most {max_len} characters, got {value!r}.")
-    return value
+    return check_name(value, what, max_len)
 
 
 # --- body parts and labeled data -----------------------------------------------------------
@@ -203,6 +202,13 @@ class LabeledDataset(dj.Manual):
         if len(data) == 0:
             raise ValueError(f"No labeled frames to import as {name!r} (from "
                              f"{data.source or 'the given labels'}); label frames first.")
+        existing = [r["body_part"] for r in BodyPart.proj().to_dicts()]
+        check_names(data.bodyparts, "body part", 64, existing=existing)
+        check_names(data.individuals, "individual", 32)
+        check_names([f.name for f in data.frames], "frame name", 255)
+        for frame in data.frames:
+            if frame.source_video:
+                check_name(frame.source_video, "source video", 255)
         key = {"dataset": name}
         blobs = []
         for frame in tqdm(data.frames, desc=f"read {name} frames", unit="frame", leave=False):

@@ -262,3 +262,32 @@ def test_sleap_import_keeps_individuals(pipeline):
     frame = (train.LabeledDataset.Frame & key & {"frame_id": 7}).fetch1()
     assert (frame["width"], frame["height"], frame["source_frame_index"]) == (1024, 1024, 7)
     assert len((train.LabeledDataset & key).fetch1("skeleton")) > 0
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.bodyparts.__setitem__(1, "Snout"), "'snout' and 'Snout' differ only in case"),
+    (lambda d: d.bodyparts.__setitem__(1, "leftear "), "spaces"),
+    (lambda d: d.bodyparts.__setitem__(1, "left\x00ear"), "control"),
+    (lambda d: d.bodyparts.__setitem__(1, "x" * 65), "at most 64"),
+    (lambda d: setattr(d.frames[0], "name", "labeled-data/" + "f" * 300), "at most 255"),
+])
+def test_names_are_checked_the_same_on_every_database(pipeline, sample, change, message):
+    """Names the database would reject, or that MySQL's collation would treat as equal while
+    PostgreSQL does not, are refused before anything is inserted, on every backend."""
+    train = pipeline.train
+    data = read_dlc_project(sample.project_dir)
+    change(data)
+    before = len(train.LabeledDataset())
+    with pytest.raises(ValueError, match=message):
+        train.LabeledDataset.import_labels(data, "bad_names")
+    assert len(train.LabeledDataset()) == before
+
+
+def test_body_part_colliding_with_an_existing_one_is_refused(pipeline, sample):
+    train = pipeline.train
+    train.BodyPart.insert1({"body_part": "tailbase"}, skip_duplicates=True)
+    data = read_dlc_project(sample.project_dir)
+    data.bodyparts[data.bodyparts.index("tailbase")] = "TailBase"
+    with pytest.raises(ValueError, match="'TailBase' differs from 'tailbase', already in"):
+        train.LabeledDataset.import_labels(data, "collides")
+    assert not train.LabeledDataset & {"dataset": "collides"}

@@ -66,13 +66,14 @@ def test_failed_insert_leaves_no_files_and_gc_finds_orphans(pipeline, tmp_path, 
 @pytest.mark.db
 def test_import_failing_inside_its_transaction_removes_its_images(pipeline, tmp_path):
     """The images of an import are written before its rows commit: a failure after that point
-    (here a frame name longer than the column) must not leave them behind."""
+    (here a frame index beyond the column's int32, refused by the database itself) must not
+    leave them behind."""
     train = pipeline.train
     from element_pose.io.dlc import read_dlc_project
 
     sample = make_sample(tmp_path / "q", n_frames=6, n_labeled=3, width=48, height=40, seed=5)
     data = read_dlc_project(sample.project_dir)
-    data.frames[1].source_video = "v" * 400  # longer than source_video's varchar(255)
+    data.frames[1].frame_index = 2**40
     before = _store_files(pipeline)
     with pytest.raises(Exception):  # noqa: B017 - the database's own error type differs by backend
         train.LabeledDataset.import_labels(data, "storage_long_name")
