@@ -83,6 +83,7 @@ def _start_embedded() -> tuple[str, int]:
     pgdata = home() / "pgdata"
     pgdata.mkdir(parents=True, exist_ok=True)
     if _embedded_server is None:
+        _check_not_a_copy(pgdata)
         # By default the server keeps running after exit, so the next process reuses it at once;
         # ELEMENT_POSE_KEEP_SERVER=0 stops it when the last process using it exits.
         keep = os.environ.get("ELEMENT_POSE_KEEP_SERVER", "1") != "0"
@@ -90,6 +91,46 @@ def _start_embedded() -> tuple[str, int]:
     info = _embedded_server.get_postmaster_info()
     host = str(info.socket_dir) if info.socket_dir else "127.0.0.1"
     return host, int(info.port or 5432)
+
+
+class CopiedHomeError(RuntimeError):
+    """An ELEMENT_POSE_HOME copied while the server of the original was running."""
+
+
+def _check_not_a_copy(pgdata: Path) -> None:
+    """Refuse a home whose ``postmaster.pid`` belongs to another home's running server.
+
+    PostgreSQL writes its data directory into ``postmaster.pid``. A home copied (or moved)
+    while its server ran carries that file: connecting through it would reach the *original*
+    database while this home's object store is used, mixing two labs' rows and files. A stale
+    file of a server that is gone is removed, so this home's own server starts.
+    """
+    pid_file = pgdata / "postmaster.pid"
+    try:
+        lines = pid_file.read_text().splitlines()
+    except OSError:
+        return
+    if len(lines) < 2 or Path(lines[1]).resolve() == pgdata.resolve():
+        return
+    try:
+        pid = int(lines[0])
+        os.kill(pid, 0)
+        alive = True
+    except (ValueError, ProcessLookupError):
+        alive = False
+    except PermissionError:
+        alive = True
+    if alive:
+        raise CopiedHomeError(
+            f"{pgdata.parent} is a copy of the element-pose home {Path(lines[1]).parent}, made "
+            f"while its database server (pid {lines[0]}) was running: this home would talk to "
+            "that database with its own object store. Stop the original server first "
+            f"(ELEMENT_POSE_HOME={Path(lines[1]).parent} python -c 'from element_pose import "
+            "db; db.connect(); db.stop_embedded_on_exit()'), then copy again, or give this "
+            "copy a fresh home.")
+    logger.warning("Removing %s: it belongs to a server of %s that is no longer running.",
+                   pid_file, lines[1])
+    pid_file.unlink(missing_ok=True)
 
 
 def _configure_store() -> str:

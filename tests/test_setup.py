@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,3 +49,39 @@ def test_cli_db_prints_backend_and_no_password(pipeline, monkeypatch):
     info = pipeline.connection_info
     if len(secret) > 3 and secret not in (info.user, info.host, info.store_location):
         assert secret not in out
+
+
+@pytest.mark.skipif(bool(os.environ.get("DJ_HOST")), reason="the embedded database only")
+def test_copied_home_with_a_running_server_is_refused(tmp_path):
+    """A home copied while its server runs would reach the original database with the copy's
+    own store; it is detected. Once the original server stops, the copy starts its own."""
+    import shutil
+    import stat
+
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    env = {**os.environ, "ELEMENT_POSE_HOME": str(original), "ELEMENT_POSE_KEEP_SERVER": "1"}
+    env.pop("DJ_HOST", None)
+    run = [sys.executable, "-m", "element_pose.cli", "db"]
+    try:
+        assert subprocess.run(run, env=env, capture_output=True, timeout=120).returncode == 0
+
+        def sockets(folder, names):
+            return [n for n in names if stat.S_ISSOCK(os.lstat(os.path.join(folder, n)).st_mode)]
+
+        shutil.copytree(original, copy, ignore=sockets)
+        owner = (original / "pgdata").stat()  # as a user's own `cp -a` would keep it
+        for folder, dirs, files in os.walk(copy):
+            for name in [".", *dirs, *files]:
+                os.chown(os.path.join(folder, name), owner.st_uid, owner.st_gid)
+        out = subprocess.run(run, env={**env, "ELEMENT_POSE_HOME": str(copy)},
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode != 0
+        assert "is a copy of the element-pose home" in out.stderr and str(original) in out.stderr
+    finally:
+        stop = ("from element_pose import db; db.connect(); db.stop_embedded_on_exit()")
+        subprocess.run([sys.executable, "-c", stop], env=env, timeout=120)
+    # the original is stopped: the copy's stale pid file is dropped and its own server starts
+    out = subprocess.run(run, env={**env, "ELEMENT_POSE_HOME": str(copy),
+                                   "ELEMENT_POSE_KEEP_SERVER": "0"},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
