@@ -2,6 +2,8 @@
 
 import warnings
 
+from . import db as db  # element_pose.db.connect() before declaring upstream schemas
+
 __version__ = "0.1.0"
 
 # The embedded database needs no datajoint.json; DataJoint's warning about it is noise here.
@@ -20,8 +22,9 @@ def activate(prefix: str | None = None, *, linking_module=None, create_schema: b
     linking_module : module or str
         Provides ``Session``, ``Device`` and ``get_pose_root_data_dir()``.
     """
-    from . import db, model
+    from . import model
 
+    db.connect()  # the configured server or the embedded database, and the object store
     prefix = db.schema_prefix() if prefix is None else prefix
     model.activate(f"{prefix}model", train_schema_name=f"{prefix}train", linking_module=linking_module,
                    create_schema=create_schema, create_tables=create_tables)

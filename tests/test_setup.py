@@ -85,3 +85,24 @@ def test_copied_home_with_a_running_server_is_refused(tmp_path):
                                    "ELEMENT_POSE_KEEP_SERVER": "0"},
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+@pytest.mark.skipif(bool(os.environ.get("DJ_HOST")), reason="the embedded database only")
+def test_readme_lab_pipeline_snippet_runs_as_written(tmp_path):
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Using it in a lab pipeline"):]
+    snippet = section[section.index("```python") + 9:section.index("```\n", section.index("```python") + 9)]
+    (tmp_path / "my_lab.py").write_text(
+        "import datajoint as dj\n"
+        "schema = dj.Schema('mylab_upstream')\n"
+        "@schema\nclass Session(dj.Manual):\n    definition = 'session: int32'\n"
+        "@schema\nclass Device(dj.Lookup):\n    definition = 'device: varchar(32)'\n")
+    (tmp_path / "pipeline_snippet.py").write_text(
+        snippet + "\nprint('tables', len(model.schema.list_tables()) > 5)\n"
+        "from element_pose import db\ndb.stop_embedded_on_exit()\n")
+    env = {**os.environ, "ELEMENT_POSE_HOME": str(tmp_path / "home"),
+           "PYTHONPATH": str(tmp_path)}
+    out = subprocess.run([sys.executable, str(tmp_path / "pipeline_snippet.py")], env=env,
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "tables True" in out.stdout
