@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from . import train
-from .hashing import canonical_json, sha256_file, sha256_json
+from .hashing import canonical_json, sha256_bytes, sha256_file, sha256_json
 from .jobs import RecoverJobs
 from .paths import to_full, to_relative
 
@@ -748,16 +748,10 @@ class LabeledVideo(RecoverJobs, dj.Computed):
     """
 
     def make_fetch(self, key: dict) -> tuple:
+        # Everything make_compute uses, or the hash of it (docs/design.md, "three-part make").
         task = (LabeledVideoTask & key).fetch1()
         files = tuple(r["file_path"] for r in (VideoRecording.File & key).to_dicts(order_by="file_id"))
-        return (task["filter_paramset_id"], float(task["pcutoff"]), bool(task["hide_below_cutoff"]),
-                bool(task["draw_skeleton"]), files)
-
-    def make_compute(self, key, filter_id, pcutoff, hide, draw_skeleton, files) -> tuple:
-        import tempfile
-
-        from .labeled_video import write_labeled_video
-
+        filter_id = task["filter_paramset_id"]
         if filter_id is None:
             pose, parts = PoseEstimation.pose_array(key)
         else:
@@ -765,17 +759,39 @@ class LabeledVideo(RecoverJobs, dj.Computed):
             if not FilteredPose & filtered:
                 raise ValueError(f"No FilteredPose for {filtered}; run FilteredPose.populate() first.")
             pose, parts = FilteredPose.pose_array(filtered)
-        skeleton = Model.skeleton(key) if draw_skeleton else []
+        skeleton = tuple(tuple(e) for e in Model.skeleton(key)) if task["draw_skeleton"] else ()
+        info = (RecordingInfo & key).fetch1()
+        return (filter_id, float(task["pcutoff"]), bool(task["hide_below_cutoff"]), skeleton,
+                files, tuple(parts), sha256_bytes(np.ascontiguousarray(pose).tobytes()),
+                # H.264 frames have even sizes: odd ones are padded by one pixel
+                (int(info["frame_count"]), int(info["px_width"]) + int(info["px_width"]) % 2,
+                 int(info["px_height"]) + int(info["px_height"]) % 2))
+
+    def make_compute(self, key, filter_id, pcutoff, hide, skeleton, files, parts, pose_sha,
+                     size) -> tuple:
+        import tempfile
+
+        from .labeled_video import write_labeled_video
+
+        # The pose again, checked against the hash make_fetch took of it.
+        if filter_id is None:
+            pose, _ = PoseEstimation.pose_array(key)
+        else:
+            pose, _ = FilteredPose.pose_array({**PoseEstimation._one_key(key),
+                                               "filter_paramset_id": filter_id})
+        if sha256_bytes(np.ascontiguousarray(pose).tobytes()) != pose_sha:
+            raise ValueError(f"The pose of {key} changed while its labeled video was prepared; "
+                             "populate again.")
         folder = Path(tempfile.mkdtemp(prefix="element_pose_video_"))
         out = folder / "labeled.mp4"
         try:
-            write_labeled_video([to_full(f, _root_dirs) for f in files], pose, parts, out, pcutoff=pcutoff,
-                                skeleton=skeleton, hide_below_cutoff=hide, progress=True)
+            write_labeled_video([to_full(f, _root_dirs) for f in files], pose, list(parts), out,
+                                pcutoff=pcutoff, skeleton=[tuple(e) for e in skeleton],
+                                hide_below_cutoff=hide, progress=True)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        info = (RecordingInfo & key).fetch1()
-        return str(out), int(info["frame_count"]), int(info["px_width"]), int(info["px_height"])
+        return (str(out), *size)
 
     def make_insert(self, key, path, frame_count, width, height) -> None:
         try:

@@ -278,6 +278,12 @@ def test_filtered_pose_labeled_video_and_nwb(pipeline, trained, tmp_path):
 
     model.LabeledVideoTask.insert1({**trained["pose"], "video_id": 0, "filter_paramset_id": None})
     model.LabeledVideo.populate(trained["pose"])
+    # the fingerprint DataJoint compares before inserting covers the pose it draws
+    from element_pose.hashing import sha256_bytes
+
+    fetched = model.LabeledVideo().make_fetch({**trained["pose"], "video_id": 0})
+    raw_pose, _ = model.PoseEstimation.pose_array(trained["pose"])
+    assert sha256_bytes(np.ascontiguousarray(raw_pose).tobytes()) in fetched
     ref = (model.LabeledVideo & trained["pose"]).fetch1("video")
     path = tmp_path / "labeled.mp4"
     path.write_bytes(ref.read())
