@@ -248,6 +248,22 @@ def test_failed_training_inserts_nothing(pipeline, trained, tmp_path):
     assert not train.ModelTraining & task
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"batch_size": 64}, r"'batch_size' \(64\) is larger than the \d+ training frames"),
+    ({"iterations": 0}, "'iterations' is 0"),
+])
+def test_training_that_cannot_work_is_refused_before_it_starts(pipeline, trained, change,
+                                                               message):
+    train = pipeline.train
+    params = train.TrainingParamSet.insert_new_params({**TINY, **change})
+    task = {**trained["split"], **params, "run_id": 0}
+    train.TrainingTask.insert1(task)
+    with pytest.raises(ConfigError, match=message):
+        train.ModelTraining.populate(task)
+    assert not train.ModelTraining & task
+    (train.TrainingTask & task).delete_quick()
+
+
 def test_evaluation_only_pairs_matching_body_parts(pipeline, trained, tmp_path):
     train, model = pipeline.train, pipeline.model
     sample = make_sample(tmp_path / "other", n_frames=10, n_labeled=4, width=64, height=48, seed=5)
