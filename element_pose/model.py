@@ -22,6 +22,7 @@ import pandas as pd
 from . import train
 from .hashing import canonical_json, sha256_bytes, sha256_file, sha256_json
 from .jobs import RecoverJobs
+from .names import check_name, check_names
 from .paths import to_full, to_relative
 
 logger = logging.getLogger(__name__)
@@ -187,17 +188,24 @@ class RecordingInfo(RecoverJobs, dj.Imported):
 
 @schema
 class Model(dj.Manual):
-    """A trained network, immutable: its weights and their hash never change under a name."""
+    """A pose model, immutable: its weights and their hash never change under a name.
+
+    Models of the bundled engine hold their weights. *External* models stand for another
+    tool's model (DeepLabCut, SLEAP, ...) whose outputs are loaded (``PoseEstimationTask``
+    ``mode="load"``): no weights, and the tool, its version and its scorer kept as provenance.
+    """
 
     definition = """
     model_name: varchar(64)
     ---
     model_description='': varchar(1000)
-    weights: <object@main>            # self-contained checkpoint
-    weights_sha256: char(64)
-    config: json                      # engine config it was trained with
+    weights=null: <object@main>       # self-contained checkpoint (NULL for external tools)
+    weights_sha256='': varchar(64)    # '' for external tools
+    config=null: json                 # engine config it was trained with
     bodyparts_sha256: char(64)        # order-free hash of its body parts
     scorer: varchar(96)               # scorer name in DeepLabCut-style outputs
+    source_tool='element-pose': varchar(32)  # element-pose | DeepLabCut | SLEAP | ...
+    source_tool_version='': varchar(32)
     created_at=CURRENT_TIMESTAMP: datetime
     """
 
@@ -264,6 +272,54 @@ class Model(dj.Manual):
         return key
 
     @classmethod
+    def from_external(cls, name: str, tool: str, bodyparts: Sequence[str], scorer: str = "",
+                      version: str = "", description: str = "") -> dict:
+        """Register another tool's model, whose outputs are then loaded with provenance.
+
+        Registering the same provenance under the same name again is a no-op.
+        """
+        train._check_name(name, "name")
+        check_name(tool, "tool", 32)
+        if tool == "element-pose":
+            raise ValueError("Models of the bundled engine are registered with from_training or "
+                             "from_checkpoint.")
+        parts = check_names(list(bodyparts), "body part", 64,
+                            existing=[r["body_part"] for r in train.BodyPart.proj().to_dicts()])
+        key = {"model_name": name}
+        row = {**key, "model_description": description, "scorer": (scorer or name)[:96],
+               "bodyparts_sha256": train.bodyparts_sha256(parts), "source_tool": tool,
+               "source_tool_version": str(version)[:32]}
+        if cls & key:
+            old = (cls & key).fetch1()
+            if any(old[k] != row[k] for k in ("scorer", "bodyparts_sha256", "source_tool",
+                                             "source_tool_version")):
+                raise ValueError(f"Model {name!r} already exists with another provenance "
+                                 f"({old['source_tool']} {old['scorer']!r}); models are "
+                                 "immutable. Use a new name.")
+            return key
+        with cls.connection.transaction:
+            train.BodyPart.insert(({"body_part": b} for b in parts), skip_duplicates=True)
+            cls.insert1(row)
+            cls.BodyPart.insert({**key, "body_part": b, "part_index": i} for i, b in enumerate(parts))
+        return key
+
+    @classmethod
+    def from_output_file(cls, path: str | Path, name: str, version: str = "",
+                         description: str = "") -> dict:
+        """Register the external model that wrote a pose output file (its tool, scorer and
+        body parts read from the file)."""
+        from .io.outputs import read_pose_output
+
+        out = read_pose_output(to_full(path, _root_dirs))
+        return cls.from_external(name, out.tool, out.bodyparts, scorer=out.scorer,
+                                 version=version or out.version, description=description)
+
+    @classmethod
+    def is_external(cls, key: dict) -> bool:
+        """True for another tool's model (no weights; outputs can only be loaded)."""
+        return (cls & key).fetch1("source_tool") != "element-pose"
+
+    @classmethod
     def lineage(cls, key: dict) -> list[dict]:
         """Provenance of a model, newest first: per model its name, the training run, dataset,
         split, parameter set and the model it was fine-tuned from (None at the root)."""
@@ -307,6 +363,11 @@ class Model(dj.Manual):
         """The engine's ``PoseModel`` for a stored model, its weights hash verified."""
         from .engine.predict import load_model
 
+        if cls.is_external(key):
+            row = (cls & key).fetch1()
+            raise ValueError(f"Model {row['model_name']!r} is an external {row['source_tool']} "
+                             "model without weights: load its outputs (PoseEstimationTask.add("
+                             "..., mode='load', output_path=...)) instead of running it.")
         return load_model(train.fetch_weights(cls, key), device=device)
 
 
@@ -375,7 +436,8 @@ class ModelEvaluation(RecoverJobs, dj.Computed):
         # Only pairs whose body parts match: a model cannot be scored on other keypoints.
         # Single-animal datasets only, like the engine.
         single = train.LabeledDataset - (train.LabeledDataset.Individual & "individual_index > 0")
-        pairs = (Model.proj(model_bp="bodyparts_sha256") * train.DataSplit.proj()
+        engine = Model & {"source_tool": "element-pose"}  # external models cannot be run
+        pairs = (engine.proj(model_bp="bodyparts_sha256") * train.DataSplit.proj()
                  * single.proj(data_bp="bodyparts_sha256"))
         return (pairs & "model_bp = data_bp").proj()
 
@@ -472,6 +534,9 @@ class PoseEstimationTask(dj.Manual):
         if not RecordingInfo & recording_key:
             raise ValueError(f"No RecordingInfo for {recording_key}; run RecordingInfo.populate() first.")
         relative = ""
+        if mode == "trigger" and Model.is_external(model_key):
+            raise ValueError(f"{model_key} is an external model without weights: add its task "
+                             "with mode='load' and the tool's output file.")
         if mode == "load":
             if output_path is None:
                 raise ValueError("mode='load' needs output_path, the DeepLabCut .h5 to import.")
@@ -528,20 +593,32 @@ class PoseEstimation(RecoverJobs, dj.Computed):
     def make_compute(self, key, mode, output_path, params_json, files, frame_count, _sha, bodyparts):
         params = json.loads(params_json)
         if mode == "load":
-            from .io.dlc import read_dlc_output
+            from .io.outputs import read_pose_output
 
             path = to_full(output_path, _root_dirs)
-            pose, file_parts, _ = read_dlc_output(path)
+            out = read_pose_output(path, frame_count)
+            pose, file_parts = out.pose, out.bodyparts
             if set(file_parts) != set(bodyparts):
                 raise ValueError(f"{path} has body parts {file_parts}; model {key['model_name']} "
                                  f"has {list(bodyparts)}. Load it with a model of the same parts.")
             if len(pose) != frame_count:
                 raise ValueError(f"{path} has {len(pose)} frames but the recording has {frame_count}; "
                                  "it belongs to another video or was cut.")
+            model_row = (Model & key).fetch1()
+            if model_row["source_tool"] != "element-pose" and (
+                    out.tool != model_row["source_tool"] or out.scorer != model_row["scorer"]):
+                raise ValueError(
+                    f"{path} was written by {out.tool} scorer {out.scorer!r}, but model "
+                    f"{key['model_name']!r} is {model_row['source_tool']} scorer "
+                    f"{model_row['scorer']!r}. Register its own model: "
+                    f"Model.from_output_file({str(path)!r}, name).")
             pose = pose[:, [file_parts.index(p) for p in bodyparts]]
             return pose, 0.0, None, "file"
         if mode != "trigger":
             raise ValueError(f"Unknown task_mode {mode!r}; use one of {TASK_MODES}.")
+        if Model.is_external(key):
+            raise ValueError(f"Model {key['model_name']!r} is an external model without weights: "
+                             "its task must use mode='load' with the tool's output file.")
         paths = [to_full(f, _root_dirs) for f in files]
         net = Model.load(key)
         started = time.perf_counter()

@@ -192,6 +192,15 @@ class LabeledDataset(dj.Manual):
 
         _check_name(name, "name")
         data = read_sleap(path, frames=frames, include_predicted=include_predicted)
+        if len(data) == 0 and not include_predicted:
+            predicted = read_sleap(path, frames=frames, include_predicted=True)
+            if len(predicted):
+                raise ValueError(
+                    f"{path} has no user-labeled instances, only {len(predicted)} frames of "
+                    "predictions. To use them as labels (e.g. proofread predictions), pass "
+                    "include_predicted=True; to store them as pose estimates, register the model "
+                    "with model.Model.from_output_file and add a PoseEstimationTask with "
+                    "mode='load'.")
         return cls.import_labels(data, name, source_format="sleap", description=description)
 
     @classmethod
