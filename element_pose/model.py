@@ -283,8 +283,7 @@ class Model(dj.Manual):
         if tool == "element-pose":
             raise ValueError("Models of the bundled engine are registered with from_training or "
                              "from_checkpoint.")
-        parts = check_names(list(bodyparts), "body part", 64,
-                            existing=[r["body_part"] for r in train.BodyPart.proj().to_dicts()])
+        parts = check_names(list(bodyparts), "body part", 64)
         key = {"model_name": name}
         row = {**key, "model_description": description, "scorer": (scorer or name)[:96],
                "bodyparts_sha256": train.bodyparts_sha256(parts), "source_tool": tool,

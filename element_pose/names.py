@@ -46,13 +46,8 @@ def check_name(value: Any, what: str, max_len: int = 64) -> str:
     return value
 
 
-def check_names(values: Iterable[Any], what: str, max_len: int = 64,
-                existing: Iterable[str] = ()) -> list[str]:
-    """Check each name and that no two differ only in case, accents or trailing spaces.
-
-    ``existing`` are names already in the database that the new ones must not collide with
-    unless they are identical.
-    """
+def check_names(values: Iterable[Any], what: str, max_len: int = 64) -> list[str]:
+    """Check each name and that no two differ only in case, accents or trailing spaces."""
     values = [check_name(v, what, max_len) for v in values]
     seen: dict[str, str] = {}
     for value in values:
@@ -61,11 +56,4 @@ def check_names(values: Iterable[Any], what: str, max_len: int = 64,
             raise ValueError(
                 f"{what}s {other!r} and {value!r} differ only in case, accents or spaces; MySQL "
                 "would treat them as the same name. Rename one of them.")
-    for name in existing:
-        other = seen.get(fold(name))
-        if other is not None and other != name:
-            raise ValueError(
-                f"{what} {other!r} differs from {name!r}, already in the database, only in case, "
-                f"accents or spaces; MySQL would treat them as the same. Use {name!r} or another "
-                "name.")
     return values

@@ -211,8 +211,9 @@ class LabeledDataset(dj.Manual):
         if len(data) == 0:
             raise ValueError(f"No labeled frames to import as {name!r} (from "
                              f"{data.source or 'the given labels'}); label frames first.")
-        existing = [r["body_part"] for r in BodyPart.proj().to_dicts()]
-        check_names(data.bodyparts, "body part", 64, existing=existing)
+        # Within a dataset names must differ for every collation; across datasets, MySQL makes
+        # 'Head' and 'head' one body part (as it compares them), PostgreSQL two.
+        check_names(data.bodyparts, "body part", 64)
         check_names(data.individuals, "individual", 32)
         check_names([f.name for f in data.frames], "frame name", 255)
         for frame in data.frames:

@@ -281,13 +281,3 @@ def test_names_are_checked_the_same_on_every_database(pipeline, sample, change, 
     with pytest.raises(ValueError, match=message):
         train.LabeledDataset.import_labels(data, "bad_names")
     assert len(train.LabeledDataset()) == before
-
-
-def test_body_part_colliding_with_an_existing_one_is_refused(pipeline, sample):
-    train = pipeline.train
-    train.BodyPart.insert1({"body_part": "tailbase"}, skip_duplicates=True)
-    data = read_dlc_project(sample.project_dir)
-    data.bodyparts[data.bodyparts.index("tailbase")] = "TailBase"
-    with pytest.raises(ValueError, match="'TailBase' differs from 'tailbase', already in"):
-        train.LabeledDataset.import_labels(data, "collides")
-    assert not train.LabeledDataset & {"dataset": "collides"}
