@@ -89,3 +89,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if {"pipeline", "session_key", "data_root"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.db)
+
+
+def add_recording(pipeline, subject: str, device: str, video_path, session_id: int = 1,
+                  recording_id: int = 1) -> tuple[dict, dict]:
+    """Subject, session, camera and a populated recording of ``video_path``.
+
+    Returns (session key, recording key).
+    """
+    pipeline.Subject.insert1({"subject": subject}, skip_duplicates=True)
+    session = {"subject": subject, "session_id": session_id}
+    pipeline.Session.insert1({**session, "session_datetime": "2026-11-02 08:00:00"},
+                             skip_duplicates=True)
+    pipeline.Device.insert1({"device": device}, skip_duplicates=True)
+    key = pipeline.model.VideoRecording.add(session, recording_id, {"device": device},
+                                            [video_path])
+    pipeline.model.RecordingInfo.populate(key)
+    return session, key

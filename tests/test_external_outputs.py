@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import shared_dataset
+from conftest import add_recording, shared_dataset
 
 from element_pose.io.dlc import write_dlc_output
 from element_pose.sample import BODYPARTS, make_sample
@@ -15,16 +15,9 @@ pytestmark = pytest.mark.db
 
 @pytest.fixture(scope="module")
 def recording(pipeline):
-    model = pipeline.model
     root = pipeline.get_pose_root_data_dir()[0]
     sample = make_sample(f"{root}/external", n_frames=30, n_labeled=2, width=64, height=48, seed=3)
-    pipeline.Subject.insert1({"subject": "ext"}, skip_duplicates=True)
-    session = {"subject": "ext", "session_id": 1}
-    pipeline.Session.insert1({**session, "session_datetime": "2026-11-02 08:00:00"},
-                             skip_duplicates=True)
-    pipeline.Device.insert1({"device": "cam_ext"}, skip_duplicates=True)
-    key = model.VideoRecording.add(session, 1, {"device": "cam_ext"}, [sample.video_path])
-    model.RecordingInfo.populate(key)
+    session, key = add_recording(pipeline, "ext", "cam_ext", sample.video_path)
     return {"key": key, "sample": sample, "root": root, "session": session}
 
 
@@ -108,14 +101,7 @@ def test_predictions_only_slp_is_not_imported_as_labels(pipeline, recording, tmp
 def test_sleap_analysis_h5_of_a_real_session(pipeline):
     session_dir = shared_dataset("sleap-anipose-minimal-session")
     model = pipeline.model
-    pipeline.Subject.insert1({"subject": "anipose"}, skip_duplicates=True)
-    session = {"subject": "anipose", "session_id": 1}
-    pipeline.Session.insert1({**session, "session_datetime": "2026-11-03 08:00:00"},
-                             skip_duplicates=True)
-    pipeline.Device.insert1({"device": "back"}, skip_duplicates=True)
-    rec = model.VideoRecording.add(session, 1, {"device": "back"},
-                                   [session_dir / "back" / "minimal_back.mp4"])
-    model.RecordingInfo.populate(rec)
+    _, rec = add_recording(pipeline, "anipose", "back", session_dir / "back" / "minimal_back.mp4")
     analysis = session_dir / "back" / "minimal_back_proofread.analysis.h5"
     ext = model.Model.from_output_file(analysis, "anipose_back_sleap")
     key = model.PoseEstimationTask.add(rec, ext, mode="load", output_path=analysis)

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import add_recording
 
 from element_pose.cli import main
 from element_pose.sample import make_sample
@@ -130,13 +131,7 @@ def test_killed_pose_estimation_resumes_where_it_was(pipeline, split, tmp_path):
     model_key = model.Model.from_training(task, "jobs_model")
     root = pipeline.get_pose_root_data_dir()[0]
     long = make_sample(f"{root}/jobs_long", n_frames=900, n_labeled=2, width=64, height=48, seed=9)
-    pipeline.Subject.insert1({"subject": "jobs"}, skip_duplicates=True)
-    session = {"subject": "jobs", "session_id": 1}
-    pipeline.Session.insert1({**session, "session_datetime": "2026-11-21 10:00:00"},
-                             skip_duplicates=True)
-    pipeline.Device.insert1({"device": "cam_jobs"}, skip_duplicates=True)
-    recording = model.VideoRecording.add(session, 1, {"device": "cam_jobs"}, [long.video_path])
-    model.RecordingInfo.populate(recording)
+    _, recording = add_recording(pipeline, "jobs", "cam_jobs", long.video_path)
     key = model.PoseEstimationTask.add(recording, model_key, batch_size=4, chunk_frames=40)
     resume = model.PoseEstimation._resume_dir(key)
 
