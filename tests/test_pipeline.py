@@ -332,7 +332,7 @@ def test_filtered_pose_labeled_video_and_nwb(pipeline, trained, tmp_path):
     np.testing.assert_allclose(pose, raw, rtol=1e-6)
     np.testing.assert_allclose(timestamps, np.arange(60) / 30.0, atol=1e-6)
     with pytest.raises(FileExistsError):
-        model.export_nwb(trained["pose"], nwb)
+        model.export_nwb(trained["pose"], nwb, subject={"age": "P90D"})
 
 
 def test_openfield_end_to_end(pipeline, tmp_path, data_root):
