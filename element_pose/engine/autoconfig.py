@@ -102,9 +102,10 @@ def dataset_stats(image_sizes: Sequence[tuple[int, int]], keypoints: np.ndarray)
     Parameters
     ----------
     image_sizes : sequence of (width, height)
-        Size of each labeled frame.
+        Size of each labeled frame; their number is ``n_frames``.
     keypoints : np.ndarray
-        (N, K, 2) x, y in pixels, NaN = not labeled.
+        (N, K, 2) x, y in pixels, NaN = not labeled (may be a subset of the frames, e.g.
+        without those held back for validation).
     """
     kp = np.asarray(keypoints, dtype=np.float64)
     visible = np.isfinite(kp).all(axis=2)

@@ -194,6 +194,7 @@ def prepare_config(images: Sequence[np.ndarray], keypoints: np.ndarray, config: 
     kp = np.asarray(keypoints, dtype=np.float64)
     val = validation_split(len(kp), config.validation_fraction, config.seed)
     fit = np.setdiff1d(np.arange(len(kp)), val)
+    # Frame count and sizes: every training frame; label statistics: the frames trained on.
     stats = dataset_stats([(im.shape[1], im.shape[0]) for im in images], kp[fit])
     resolved, report = resolve_config(config, stats, init_config)
     memory = available_memory(resolved.resolved_device())
