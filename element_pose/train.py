@@ -336,16 +336,14 @@ class LabeledDataset(dj.Manual):
     def images(cls, key: dict, frame_ids: Sequence[int], progress: bool = False) -> list[np.ndarray]:
         """Decoded RGB images of the given frames, in that order."""
         key = {"dataset": (cls & key).fetch1("dataset")}
-        refs = {r["frame_id"]: r["image"] for r in (cls.Frame & key).to_dicts()}
-        shas = {r["frame_id"]: r["image_sha256"]
-                for r in (cls.Frame & key).proj("image_sha256").to_dicts()}
+        rows = {r["frame_id"]: r for r in (cls.Frame & key).to_dicts()}  # one query
         images = []
         for frame_id in tqdm(frame_ids, desc="load images", unit="frame", disable=not progress, leave=False):
-            payload = refs[frame_id].read()
-            if sha256_bytes(payload) != shas[frame_id]:
-                name = (cls.Frame & key & {"frame_id": frame_id}).fetch1("frame_name")
+            row = rows[frame_id]
+            payload = row["image"].read()
+            if sha256_bytes(payload) != row["image_sha256"]:
                 raise ValueError(
-                    f"The stored image of frame {name!r} (frame_id {frame_id}) of dataset "
+                    f"The stored image of frame {row['frame_name']!r} (frame_id {frame_id}) of dataset "
                     f"{key['dataset']!r} does not match its sha256: the object store was "
                     "altered. Restore the store from a backup or re-import the dataset.")
             buffer = np.frombuffer(payload, dtype=np.uint8)
