@@ -78,8 +78,18 @@ def test_copied_home_with_a_running_server_is_refused(tmp_path):
         assert out.returncode != 0
         assert "is a copy of the element-pose home" in out.stderr and str(original) in out.stderr
     finally:
-        stop = ("from element_pose import db; db.connect(); db.stop_embedded_on_exit()")
-        subprocess.run([sys.executable, "-c", stop], env=env, timeout=120)
+        # Stop the original's server itself (fast shutdown) and wait until it is gone.
+        import signal
+        import time
+
+        pid = int((original / "pgdata" / "postmaster.pid").read_text().split()[0])
+        try:
+            os.kill(pid, signal.SIGINT)
+            for _ in range(300):
+                os.kill(pid, 0)
+                time.sleep(0.1)
+        except ProcessLookupError:
+            pass
     # the original is stopped: the copy's stale pid file is dropped and its own server starts
     out = subprocess.run(run, env={**env, "ELEMENT_POSE_HOME": str(copy),
                                    "ELEMENT_POSE_KEEP_SERVER": "0"},
