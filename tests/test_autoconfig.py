@@ -6,7 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from element_pose.engine.autoconfig import check_feasible, dataset_stats, resolve_config
+from element_pose.engine.autoconfig import (
+    FIXED_GEOMETRY,
+    FREE_GEOMETRY,
+    MIN_HEATMAP_CELLS,
+    check_feasible,
+    dataset_stats,
+    resolve_config,
+)
 from element_pose.engine.config import ConfigError, EngineConfig
 from element_pose.engine.data import TrainingSet, crop_coverage, part_target_probabilities
 from element_pose.engine.train import prepare_config, validation_split
@@ -45,7 +52,12 @@ def test_resolve_config_from_data_and_overrides_kept():
     assert cfg.crop_size >= small.label_extent_px * cfg.input_scale * 1.3
     assert cfg.crop_size < 1280 * cfg.input_scale
     assert set(report["chosen"]) == {"input_scale", "output_stride", "crop_size", "iterations",
-                                     "validation_every"}
+                                     "validation_every", "sigma", "augmentation.rotation",
+                                     "augmentation.scale", "augmentation.translate"}
+    # crops that follow a freely moving animal get strong geometric changes
+    assert (cfg.augmentation.rotation, cfg.augmentation.scale, cfg.augmentation.translate) == \
+        (FREE_GEOMETRY["rotation"], FREE_GEOMETRY["scale"], FREE_GEOMETRY["translate"])
+    assert cfg.sigma == max(4.0, 0.75 * cfg.output_stride)
     assert all(v["reason"] for v in report["chosen"].values())
     assert 1000 <= cfg.iterations <= 6000
     # labels spanning a small frame (a mirror view): the whole frame is the crop
@@ -56,12 +68,24 @@ def test_resolve_config_from_data_and_overrides_kept():
     cfg_wide, report_wide = resolve_config(EngineConfig(), wide)
     assert cfg_wide.crop_size >= 406 * cfg_wide.input_scale - 1
     assert "whole frame" in report_wide["chosen"]["crop_size"]["reason"]
+    # ... seen through a fixed view: light geometric changes, and a heatmap of >= 32 cells
+    # with cells up to 8 px (stride 8) where the parts are that far apart
+    assert (cfg_wide.augmentation.rotation, cfg_wide.augmentation.scale,
+            cfg_wide.augmentation.translate) == (FIXED_GEOMETRY["rotation"],
+                                                 FIXED_GEOMETRY["scale"],
+                                                 FIXED_GEOMETRY["translate"])
+    spacing = wide.part_spacing_px * cfg_wide.input_scale
+    expect = 8 if cfg_wide.crop_size / 8 >= MIN_HEATMAP_CELLS and spacing >= 8 else 4
+    assert cfg_wide.output_stride == expect
     # every value set by the user is kept and not reported as chosen
-    mine, report_mine = resolve_config(EngineConfig(input_scale=0.5, crop_size=224,
-                                                    output_stride=8, iterations=77,
-                                                    validation_every=7), small)
-    assert (mine.input_scale, mine.crop_size, mine.output_stride, mine.iterations) == \
-        (0.5, 224, 8, 77)
+    mine, report_mine = resolve_config(EngineConfig.from_dict(
+        {"input_scale": 0.5, "crop_size": 224, "output_stride": 8, "iterations": 77,
+         "validation_every": 7, "sigma": 2.5,
+         "augmentation": {"rotation": 5.0, "scale": [1.0, 1.2], "translate": 0.0}}), small)
+    assert (mine.input_scale, mine.crop_size, mine.output_stride, mine.iterations,
+            mine.sigma) == (0.5, 224, 8, 77, 2.5)
+    assert (mine.augmentation.rotation, mine.augmentation.scale,
+            mine.augmentation.translate) == (5.0, (1.0, 1.2), 0.0)
     assert report_mine["chosen"] == {}
     # the resolved config is an ordinary, hashable config: a param set of its own
     assert EngineConfig.from_dict(cfg.to_dict()).sha256() == cfg.sha256()

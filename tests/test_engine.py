@@ -41,7 +41,9 @@ def test_config_defaults_roundtrip_and_canonical_hash():
     assert a.sha256() != c.sha256()
     assert len(a.sha256()) == 64
     assert c.to_json() == json.dumps(d, sort_keys=True, separators=(",", ":"))
-    assert isinstance(d["augmentation"]["scale"], list)
+    assert d["augmentation"]["scale"] == "auto"
+    set_scale = EngineConfig.from_dict({"augmentation": {"scale": (0.8, 1)}}).to_dict()
+    assert set_scale["augmentation"]["scale"] == [0.8, 1.0]  # tuples as lists, floats
 
 
 @pytest.mark.parametrize(
@@ -172,6 +174,12 @@ def test_scale_image_half_pixel_convention():
         assert np.argmax(small[y, x]) == np.argmax(colour)
 
 
+def test_augmentation_left_auto_is_refused():
+    img, pts, _ = _dot_image()
+    with pytest.raises(ValueError, match="rotation, scale, translate still 'auto'"):
+        augment_sample(img, pts, 64, AugmentationConfig(), np.random.default_rng(0))
+
+
 def test_photometric_changes_pixels_not_shape():
     img, pts, _ = _dot_image()
     img[img.sum(axis=2) == 0] = 120  # mid-gray background: changes are not clipped away
@@ -191,7 +199,9 @@ def test_training_batches_are_deterministic_and_resumable():
     img, pts, _ = _dot_image()
     images = [img] * 5
     kps = np.stack([pts] * 5)
-    cfg = EngineConfig.from_dict({"crop_size": 64, "batch_size": 3, "input_scale": 1.0})
+    cfg = EngineConfig.from_dict({"crop_size": 64, "batch_size": 3, "input_scale": 1.0,
+                                  "augmentation": {"rotation": 30.0, "scale": [0.75, 1.3],
+                                                   "translate": 0.2}})
     ds = TrainingSet(images, kps, ["a", "b", "c"], cfg)
     a = ds.batch(7)
     b = ds.batch(7)

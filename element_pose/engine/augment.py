@@ -110,6 +110,10 @@ def augment_sample(image: np.ndarray, keypoints: np.ndarray, crop_size: int,
     keypoints : np.ndarray
         (K, 2) float32 in crop pixels; NaN where not visible or outside the crop.
     """
+    unresolved = [k for k in ("rotation", "scale", "translate") if getattr(aug, k) == "auto"]
+    if unresolved:
+        raise ValueError(f"augmentation {', '.join(unresolved)} still 'auto': resolve the "
+                         "config from the labeled frames first (autoconfig.resolve_config).")
     h, w = image.shape[:2]
     kp = np.asarray(keypoints, dtype=np.float64)
     visible = np.isfinite(kp).all(axis=1)

@@ -15,7 +15,16 @@ The rules, in network-input pixels (after ``input_scale``):
 * **crop**: big enough to hold every body part labeled in one frame (the largest label
   extent, plus a margin for rotation and zoom), rounded up to a multiple of 32; when the
   scaled frames are hardly larger, the whole frame;
-* **output stride**: 4, or 2 when closely spaced parts are still less than one cell apart;
+* **output stride**: the coarsest of 8 and 4 that keeps the heatmap at least
+  ``MIN_HEATMAP_CELLS`` cells a side and its cells no wider than the median spacing of
+  neighbouring parts, or 2 when closely spaced parts are less than 4 px apart. From random
+  initialisation a heatmap of 32-48 cells learns much faster than a finer one (mirror-mouse,
+  256 px whole frames: 7.6 vs 11.8 px test error after equal time on a GPU, BENCHMARKS.md);
+  the location-refinement offsets restore sub-cell precision;
+* **sigma**: ``max(4, 0.75 * output_stride)``;
+* **geometric augmentation** (rotation, zoom, shift): strong for crops that follow a freely
+  moving animal, light when the crop is the whole frame (the camera's fixed view then says
+  where each part is: on mirror-mouse light changes halved the error at equal time);
 * **iterations**: about 30 passes per training frame, within [1500, 6000], fewer for big
   crops (each one already holds the whole animal); validation stops earlier when the
   held-back frames stop improving.
@@ -41,6 +50,12 @@ MAX_CROP = 320
 MIN_CROP = 128
 #: Smallest automatic input scale.
 MIN_SCALE = 0.2
+#: Smallest automatic heatmap side (cells) when choosing a coarser output stride.
+MIN_HEATMAP_CELLS = 32
+#: Geometric augmentation for crops that follow a freely moving animal ...
+FREE_GEOMETRY = {"rotation": 30.0, "scale": (0.75, 1.3), "translate": 0.2}
+#: ... and for whole-frame crops of a fixed view.
+FIXED_GEOMETRY = {"rotation": 10.0, "scale": (0.9, 1.1), "translate": 0.05}
 #: Bytes of CPU training memory (activations, gradients) per input pixel and sample, by
 #: backbone (cut at stride 16, float32): 1.5x what ``benchmarks/training_memory.py`` measured
 #: for a batch of 8 crops of 256 px (BENCHMARKS.md).
@@ -177,7 +192,10 @@ def resolve_config(config: EngineConfig, stats: DatasetStats,
     """
     report: dict = {"stats": stats.to_dict(), "chosen": {}}
     chosen = report["chosen"]
-    zoom = config.augmentation.scale[1]
+    aug = config.augmentation
+    # The crop must hold the animal at the largest zoom it may get: the strong range's
+    # when the zoom range is still to be chosen.
+    zoom = FREE_GEOMETRY["scale"][1] if aug.scale == "auto" else aug.scale[1]
     changes: dict = {}
 
     scale = config.input_scale
@@ -206,23 +224,46 @@ def resolve_config(config: EngineConfig, stats: DatasetStats,
         chosen["input_scale"] = {"value": scale, "reason": reason}
     changes["input_scale"] = float(scale)
 
+    crop = config.crop_size
+    if crop == "auto":
+        crop, reason = _crop_for(stats, float(scale), zoom)
+        chosen["crop_size"] = {"value": crop, "reason": reason}
+    changes["crop_size"] = int(crop)
+    whole_frame = int(crop) >= 0.8 * stats.max_frame_side * float(scale)
+
     stride = config.output_stride
     if stride == "auto" and reference is not None and reference.output_stride != "auto":
         stride = reference.output_stride
         chosen["output_stride"] = {"value": stride, "reason": "kept from the initial model"}
     elif stride == "auto":
         close = stats.min_part_spacing_px * float(scale)
-        stride = 2 if math.isfinite(close) and close < 4 else 4
-        chosen["output_stride"] = {
-            "value": stride,
-            "reason": f"closely spaced parts are {close:.1f} network px apart (10th percentile)"}
+        spacing = stats.part_spacing_px * float(scale)
+        if math.isfinite(close) and close < 4:
+            stride = 2
+            reason = f"closely spaced parts are {close:.1f} network px apart (10th percentile)"
+        else:
+            stride = 4
+            if int(crop) / 8 >= MIN_HEATMAP_CELLS and not spacing < 8:
+                stride = 8
+            reason = (f"a {int(crop) // stride}-cell heatmap for a {int(crop)} px crop, cells "
+                      f"no wider than the {spacing:.1f} px between neighbouring parts")
+        chosen["output_stride"] = {"value": stride, "reason": reason}
     changes["output_stride"] = stride
 
-    crop = config.crop_size
-    if crop == "auto":
-        crop, reason = _crop_for(stats, float(scale), zoom)
-        chosen["crop_size"] = {"value": crop, "reason": reason}
-    changes["crop_size"] = int(crop)
+    if config.sigma == "auto":
+        sigma = max(4.0, 0.75 * stride)
+        chosen["sigma"] = {"value": sigma,
+                           "reason": f"max(4, 0.75 x output stride {stride})"}
+        changes["sigma"] = sigma
+
+    geometry = FIXED_GEOMETRY if whole_frame else FREE_GEOMETRY
+    aug_changes = {k: v for k, v in geometry.items() if getattr(aug, k) == "auto"}
+    if aug_changes:
+        why = ("the crop is the whole frame: light changes keep the camera's fixed view"
+               if whole_frame else "crops follow a freely moving animal: strong changes")
+        for key, value in aug_changes.items():
+            chosen[f"augmentation.{key}"] = {"value": value, "reason": why}
+        changes["augmentation"] = {**asdict(aug), **aug_changes}
 
     iterations = config.iterations
     if iterations == "auto":

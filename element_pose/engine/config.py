@@ -36,7 +36,8 @@ BACKBONES = (
 
 
 #: Keys that may be ``"auto"``: chosen from the labeled data when training starts.
-AUTO_KEYS = ("input_scale", "output_stride", "crop_size", "iterations", "validation_every")
+AUTO_KEYS = ("input_scale", "output_stride", "crop_size", "iterations", "validation_every",
+             "sigma", "augmentation.rotation", "augmentation.scale", "augmentation.translate")
 
 
 class ConfigError(ValueError):
@@ -49,12 +50,18 @@ class AugmentationConfig:
 
     Attributes
     ----------
-    rotation : float
+    rotation : float or "auto"
         Maximum rotation in degrees (uniform in ``[-rotation, rotation]``).
-    scale : tuple of float
+    scale : tuple of float or "auto"
         ``(low, high)`` range of the random zoom factor (log-uniform).
-    translate : float
+    translate : float or "auto"
         Maximum shift of the crop centre, as a fraction of the crop size.
+
+        ``"auto"`` (rotation, scale, translate): strong changes (30 degrees, 0.75-1.3, 0.2)
+        for crops that follow a freely moving animal, light ones (10 degrees, 0.9-1.1,
+        0.05) when the crop is the whole frame: there the camera's fixed view (a mirror
+        rig, a head-fixed animal) tells the network where each part is, and large shifts
+        push border parts out of the frame (:mod:`element_pose.engine.autoconfig`).
     flip : float
         Probability of a horizontal flip. Left/right body parts are swapped according to
         :attr:`EngineConfig.flip_pairs`; keep 0 unless the pairs are given.
@@ -79,9 +86,9 @@ class AugmentationConfig:
         is centred on it. The other crops are centred on the whole labeled animal.
     """
 
-    rotation: float = 30.0
-    scale: tuple[float, float] = (0.75, 1.3)
-    translate: float = 0.2
+    rotation: float | Literal["auto"] = "auto"
+    scale: tuple[float, float] | Literal["auto"] = "auto"
+    translate: float | Literal["auto"] = "auto"
     flip: float = 0.0
     brightness: float = 0.15
     contrast: float = 0.25
@@ -154,8 +161,10 @@ class EngineConfig:
         Frames are resized by this factor before the network (training and inference);
         predictions are mapped back to original pixels. ``"auto"``: chosen from the labels
         (see :mod:`element_pose.engine.autoconfig`).
-    sigma : float
+    sigma : float or "auto"
         Standard deviation of the Gaussian target heatmaps, in network-input pixels.
+        ``"auto"``: ``max(4, 0.75 * output_stride)``, so a coarse heatmap still has a
+        positive blob wider than one cell.
     locref_radius : float
         Offsets are supervised within this distance (network-input pixels) of a keypoint.
     locref_weight : float
@@ -217,7 +226,7 @@ class EngineConfig:
     output_stride: Literal[2, 4, 8, 16, "auto"] = "auto"
     head_channels: int = 128
     input_scale: float | Literal["auto"] = "auto"
-    sigma: float = 4.0
+    sigma: float | Literal["auto"] = "auto"
     locref_radius: float = 8.0
     locref_weight: float = 0.5
     crop_size: int | Literal["auto"] = "auto"
@@ -285,7 +294,14 @@ class EngineConfig:
 
     def auto_keys(self) -> list[str]:
         """Keys still ``"auto"`` (resolved from the data by ``autoconfig.resolve_config``)."""
-        return [k for k in AUTO_KEYS if getattr(self, k) == "auto"]
+        return [k for k in AUTO_KEYS if self.get(k) == "auto"]
+
+    def get(self, key: str) -> Any:
+        """Value of a top-level or dotted nested key (``"augmentation.rotation"``)."""
+        value: Any = self
+        for part in key.split("."):
+            value = getattr(value, part)
+        return value
 
     def resolved_device(self) -> str:
         """The torch device string ``device`` stands for on this machine."""
@@ -472,14 +488,13 @@ def _check_ranges(c: EngineConfig) -> None:
         if a == b:
             _fail("flip_pairs", f"pairs two different body parts; got ({a!r}, {b!r}).")
     aug = c.augmentation
-    lo, hi = aug.scale
-    if not 0 < lo <= hi:
+    if aug.scale != "auto" and not 0 < aug.scale[0] <= aug.scale[1]:
         _fail("augmentation.scale", f"must be (low, high) with 0 < low <= high; got {aug.scale}.")
     for key in ("flip", "blur", "grayscale", "crop_around_keypoints", "part_crop_fraction"):
         if not 0.0 <= getattr(aug, key) <= 1.0:
             _fail(f"augmentation.{key}", f"is a probability in [0, 1]; got {getattr(aug, key)}.")
     for key in ("rotation", "translate", "brightness", "contrast", "noise"):
-        if getattr(aug, key) < 0:
+        if getattr(aug, key) != "auto" and getattr(aug, key) < 0:
             _fail(f"augmentation.{key}", f"must be >= 0; got {getattr(aug, key)}.")
     if aug.flip > 0 and not c.flip_pairs:
         # Flipping without swapping left/right parts teaches the network to confuse them.
