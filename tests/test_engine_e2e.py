@@ -54,7 +54,8 @@ def tiny_config(**changes) -> EngineConfig:
     d = {"backbone": "resnet18", "backbone_stride": 8, "output_stride": 4, "head_channels": 32,
          "input_scale": 1.0, "crop_size": 64, "batch_size": 8, "iterations": 500,
          "sigma": 2.5, "locref_radius": 5.0, "num_threads": 1,
-         "augmentation": {"rotation": 180.0, "scale": [0.9, 1.1], "noise": 0.01, "blur": 0.0},
+         "augmentation": {"rotation": 180.0, "scale": [0.9, 1.1], "translate": 0.2, "noise": 0.01,
+                          "blur": 0.0},
          "optimizer": {"lr": 3e-3}, "schedule": {"warmup_iterations": 20},
          "checkpoint_every": 250}
     d.update(changes)

@@ -157,5 +157,7 @@ def test_killed_pose_estimation_resumes_where_it_was(pipeline, split, tmp_path):
     assert pose.shape[0] == 900
     direct, _ = model.Model.load(model_key).predict_video([long.video_path], batch_size=4,
                                                           progress=False)
-    np.testing.assert_array_equal(pose, direct.astype(np.float64))
+    # The worker ran torch on 1 thread and this process on all cores: the convolutions may
+    # then round differently in the last bits (seen: 6e-9 in a likelihood), nothing more.
+    np.testing.assert_allclose(pose, direct.astype(np.float64), rtol=1e-6, atol=1e-6)
     assert not resume.exists()  # removed once the rows are in
