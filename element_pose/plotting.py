@@ -217,8 +217,9 @@ def plot_learning_curve(
     curve: np.ndarray,
     labels: Sequence[str] | None = None,
     log_y: bool | None = None,
+    validation: np.ndarray | None = None,
 ) -> Figure:
-    """Plot loss against iteration.
+    """Plot loss against iteration, and the validation error beside it.
 
     Parameters
     ----------
@@ -229,11 +230,16 @@ def plot_learning_curve(
         m curve names; default ``["loss"]`` or ``["loss 1", ...]``.
     log_y : bool, optional
         Logarithmic loss axis; default when all finite losses are positive.
+    validation : np.ndarray, optional
+        (v, 2) ``[iteration, error px]`` on the held-back training frames
+        (``ModelTraining.validation_curve``): drawn on a second y axis (px), its best point
+        (the weights kept) marked.
 
     Returns
     -------
     Figure
-        One axes with m lines (``get_xdata()`` = iterations, ``get_ydata()`` = losses).
+        One axes with m lines (``get_xdata()`` = iterations, ``get_ydata()`` = losses); with
+        ``validation``, a twin axes with the validation line and the best point.
     """
     curve = np.asarray(curve, dtype=np.float64)
     if curve.ndim != 2 or curve.shape[1] < 2:
@@ -257,7 +263,21 @@ def plot_learning_curve(
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss")
     if n_losses > 1:
-        ax.legend(frameon=False)
+        ax.legend(frameon=False, loc="upper left")
+    if validation is not None:
+        val = np.asarray(validation, dtype=np.float64)
+        if val.ndim != 2 or val.shape[1] != 2:
+            raise ValueError(f"validation must have shape (v, 2) = [iteration, error px], got "
+                             f"{val.shape}.")
+        val = val[np.isfinite(val).all(axis=1)]
+        vax = ax.twinx()
+        vax.plot(val[:, 0], val[:, 1], color="tab:red", marker=".", label="validation error")
+        if len(val):
+            best = int(np.argmin(val[:, 1]))
+            vax.plot(val[best, 0], val[best, 1], "o", color="tab:red", markerfacecolor="none",
+                     markersize=10, label=f"kept: {val[best, 1]:.1f} px at {val[best, 0]:.0f}")
+        vax.set_ylabel("validation error (px)", color="tab:red")
+        vax.legend(frameon=False, loc="upper right")
     return fig
 
 

@@ -130,6 +130,17 @@ def test_learning_curve():
     with pytest.raises(ValueError, match="curve must have shape"):
         plot_learning_curve(np.arange(5))
     _renders(fig2)
+    # the validation error on a second axis, the kept (best) point marked
+    val = np.array([[200.0, 30.0], [400.0, 12.5], [600.0, 14.0], [800.0, np.nan]])
+    fig3 = plot_learning_curve(curve, validation=val)
+    assert len(fig3.axes) == 2
+    vline, best = fig3.axes[1].lines
+    np.testing.assert_array_equal(vline.get_xdata(), [200.0, 400.0, 600.0])
+    assert (best.get_xdata()[0], best.get_ydata()[0]) == (400.0, 12.5)
+    assert "12.5 px at 400" in best.get_label()
+    with pytest.raises(ValueError, match="validation must have shape"):
+        plot_learning_curve(curve, validation=np.arange(3))
+    _renders(fig3)
 
 
 def test_labeled_frame():

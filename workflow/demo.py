@@ -194,8 +194,9 @@ def _write_outputs(out, model, train, key, split, pose, bodyparts, timestamps, v
     figure = plotting.plot_evaluation_errors(errors)
     outputs["error plot"] = out / "evaluation_errors.png"
     figure.savefig(outputs["error plot"], dpi=100)
-    curve = np.asarray((train.ModelTraining & (model.Model.Training & key)).fetch1("learning_curve"))
-    figure = plotting.plot_learning_curve(curve)
+    curve, validation = (train.ModelTraining & (model.Model.Training & key)).fetch1(
+        "learning_curve", "validation_curve")
+    figure = plotting.plot_learning_curve(np.asarray(curve), validation=np.asarray(validation))
     outputs["learning curve"] = out / "learning_curve.png"
     figure.savefig(outputs["learning curve"], dpi=100)
     outputs["labeled video"] = out / "session1_labeled.mp4"
