@@ -179,8 +179,11 @@ def test_video_analysis_resumes_from_saved_chunks(trained, tmp_path):
     assert np.array_equal(full, plain)
     chunks = sorted(resume.glob("chunk_*.npy"))
     assert [c.name for c in chunks] == [f"chunk_{i:010d}.npy" for i in (0, 12, 24)]
-    # a crash after two chunks: the third is gone; a rerun computes only frames 24..44
+    # a crash after two chunks, while the third was being saved: it is gone and half of its
+    # temporary file is left (the name the old code wrote, too); a rerun computes frames 24..44
     chunks[2].unlink()
+    (resume / "chunk_0000000024.npy.tmp").write_bytes(b"\x93NUMPY half")
+    (resume / "chunk_0000000024.tmp.npy").write_bytes(b"\x93NUMPY half")
     kept = chunks[0].stat().st_mtime_ns
     resumed, stats = model.predict_video(path, batch_size=4, progress=False, resume_dir=resume,
                                          chunk_frames=10)

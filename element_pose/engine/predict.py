@@ -9,6 +9,7 @@ memory stays flat however long the video.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -232,7 +233,10 @@ class _SavedChunks:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.arrays: list[np.ndarray] = []
         self.frames = 0
+        # Only finished chunks: a worker killed while saving leaves a ``*.tmp`` file behind.
         for path in sorted(self.folder.glob("chunk_*.npy")):
+            if not re.fullmatch(r"chunk_\d{10}\.npy", path.name):
+                continue
             if int(path.stem.split("_")[1]) != self.frames:
                 break  # a gap: keep only what is contiguous
             array = np.load(path)
@@ -244,8 +248,9 @@ class _SavedChunks:
     def save(self, poses: np.ndarray) -> None:
         """Append a chunk (written to a temporary name, then renamed: never half a file)."""
         path = self.folder / f"chunk_{self.frames:010d}.npy"
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, poses)
+        tmp = self.folder / f"{path.name}.tmp"
+        with open(tmp, "wb") as f:  # np.save on a path would append ".npy" to the name
+            np.save(f, poses)
         tmp.replace(path)
         self.arrays.append(poses)
         self.frames += len(poses)
