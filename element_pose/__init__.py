@@ -20,7 +20,7 @@ def __getattr__(name: str):
 
 def activate(prefix: str | None = None, *, linking_module=None, create_schema: bool = True,
              create_tables: bool = True) -> None:
-    """Activate the Element's schemas (``<prefix>train``, ``<prefix>model``).
+    """Activate the Element's schemas (``<prefix>train``, ``<prefix>model``, ``<prefix>refine``).
 
     Parameters
     ----------
@@ -29,9 +29,11 @@ def activate(prefix: str | None = None, *, linking_module=None, create_schema: b
     linking_module : module or str
         Provides ``Session``, ``Device`` and ``get_pose_root_data_dir()``.
     """
-    from . import db, model
+    from . import db, model, refine
 
     db.connect()  # the configured server or the embedded database, and the object store
     prefix = db.schema_prefix() if prefix is None else prefix
     model.activate(f"{prefix}model", train_schema_name=f"{prefix}train", linking_module=linking_module,
                    create_schema=create_schema, create_tables=create_tables)
+    refine.activate(f"{prefix}refine", create_schema=create_schema, create_tables=create_tables,
+                    linking_module=linking_module)

@@ -7,7 +7,7 @@ Used by the demo and the tests so that neither downloads anything.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -27,6 +27,7 @@ class Sample:
     keypoints: np.ndarray  # (frames, bodyparts, 2) ground truth for every video frame
     labeled_frames: list[int]
     fps: float
+    intrusion_frames: list[int] = field(default_factory=list)
 
     @property
     def bodyparts(self) -> list[str]:
@@ -108,15 +109,34 @@ def render_frame(background: np.ndarray, centre: np.ndarray, heading: float, sca
     return frame, keypoints
 
 
+def _intrusion(frame: np.ndarray, centre: np.ndarray, scale: float, phase: float) -> np.ndarray:
+    """Draw a pale, pink, hand-like blob near the animal (an experimenter's glove): it has the
+    ears' and snout's colour, so a model that never saw one may put body parts on it."""
+    offset = np.array([np.cos(phase), np.sin(phase)]) * 0.9 * scale
+    x, y = (centre + offset).round().astype(int)
+    cv2.ellipse(frame, (int(x), int(y)), (int(0.35 * scale), int(0.22 * scale)), np.degrees(phase),
+                0, 360, (165, 155, 215), -1, cv2.LINE_AA)
+    for k in range(3):
+        tip = centre + offset * (1.35 + 0.1 * k) + np.array([-np.sin(phase), np.cos(phase)]) * (k - 1) * 0.15 * scale
+        cv2.circle(frame, tuple(int(v) for v in tip.round()), max(2, int(0.08 * scale)), (170, 160, 220), -1,
+                   cv2.LINE_AA)
+    return frame
+
+
 def make_sample(out_dir: str | Path, n_frames: int = 300, n_labeled: int = 60, width: int = 320,
                 height: int = 240, fps: float = 30.0, seed: int = 0, scorer: str = "synthetic",
-                video_name: str = "arena_cam") -> Sample:
+                video_name: str = "arena_cam", intrusions: int = 0) -> Sample:
     """Render a video and a DeepLabCut project labeling ``n_labeled`` evenly spaced frames.
 
     Parameters
     ----------
     out_dir : str or Path
         Folder to write into (``<video_name>.mp4`` and ``dlc-project/``).
+    intrusions : int, default 0
+        Number of short episodes (6 frames each, spread over the video) in which a hand-like
+        blob of the ears' colour appears next to the animal: rare frames a model trained on
+        the other frames gets wrong (the refinement loop's test case). The labeled frames
+        avoid them.
 
     Returns
     -------
@@ -135,12 +155,19 @@ def make_sample(out_dir: str | Path, n_frames: int = 300, n_labeled: int = 60, w
     if not writer.isOpened():
         raise OSError(f"OpenCV cannot write {video_path}.")
     truth = np.zeros((n_frames, len(BODYPARTS), 2))
-    labeled = sorted(set(np.linspace(0, n_frames - 1, n_labeled).round().astype(int).tolist()))
+    hand = set()
+    for start in np.linspace(0, n_frames, intrusions + 2)[1:-1].round().astype(int):
+        hand.update(range(int(start) - 3, int(start) + 3))
+    candidates = np.array([i for i in range(n_frames) if i not in hand])
+    positions = np.linspace(0, len(candidates) - 1, n_labeled).round().astype(int)
+    labeled = sorted(set(candidates[positions].tolist()))
     project = out_dir / "dlc-project"
     frames_dir = project / "labeled-data" / video_name
     frames_dir.mkdir(parents=True, exist_ok=True)
     for i in range(n_frames):
         frame, keypoints = render_frame(background, centres[i], headings[i], scale, rng)
+        if i in hand:
+            frame = _intrusion(frame, centres[i], scale, headings[i] + 0.7 * i)
         truth[i] = keypoints
         writer.write(frame)
         if i in labeled:
@@ -161,4 +188,5 @@ def make_sample(out_dir: str | Path, n_frames: int = 300, n_labeled: int = 60, w
         "bodyparts": BODYPARTS, "skeleton": [list(e) for e in SKELETON], "pcutoff": 0.6,
     }
     (project / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    return Sample(video_path=video_path, project_dir=project, keypoints=truth, labeled_frames=labeled, fps=fps)
+    return Sample(video_path=video_path, project_dir=project, keypoints=truth, labeled_frames=labeled,
+                  fps=fps, intrusion_frames=sorted(hand))

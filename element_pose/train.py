@@ -205,8 +205,12 @@ class LabeledDataset(dj.Manual):
 
     @classmethod
     def import_labels(cls, data: LabeledData, name: str, source_format: str = "generated",
-                      description: str = "") -> dict:
-        """Insert a :class:`LabeledData` in one transaction (all rows or none)."""
+                      description: str = "", also_insert: Any = None) -> dict:
+        """Insert a :class:`LabeledData` in one transaction (all rows or none).
+
+        ``also_insert(key)``, when given, runs inside that transaction after the labels are
+        inserted (e.g. to record a new version's lineage with them).
+        """
         _check_name(name, "name")
         if len(data) == 0:
             raise ValueError(f"No labeled frames to import as {name!r} (from "
@@ -233,7 +237,7 @@ class LabeledDataset(dj.Manual):
         })
         existing = cls & key
         if existing:
-            if existing.fetch1("content_sha256") == content:
+            if existing.fetch1("content_sha256") == content and also_insert is None:
                 logger.warning("Dataset %r is already imported with the same labels; nothing to do.", name)
                 return key
             raise ValueError(
@@ -242,7 +246,7 @@ class LabeledDataset(dj.Manual):
             )
 
         try:
-            cls._insert_labels(key, data, blobs, content, source_format, description)
+            cls._insert_labels(key, data, blobs, content, source_format, description, also_insert)
         except BaseException:
             # The rows rolled back, but the images were already written to the store.
             from .storage import remove_uncommitted
@@ -254,7 +258,7 @@ class LabeledDataset(dj.Manual):
 
     @classmethod
     def _insert_labels(cls, key: dict, data: LabeledData, blobs: list, content: str,
-                       source_format: str, description: str) -> None:
+                       source_format: str, description: str, also_insert: Any = None) -> None:
         source = to_relative(data.source, get_pose_root_data_dir) if data.source else ""
         with cls.connection.transaction:
             BodyPart.insert(({"body_part": b} for b in data.bodyparts), skip_duplicates=True)
@@ -296,6 +300,8 @@ class LabeledDataset(dj.Manual):
                         rows.append({**key, "frame_id": i, "individual": ind, "body_part": part,
                                      "x": float(x) if visible else None, "y": float(y) if visible else None})
             cls.Label.insert(rows)
+            if also_insert is not None:
+                also_insert(key)
 
     # -- read back ---------------------------------------------------------------------------
 
@@ -349,6 +355,68 @@ class LabeledDataset(dj.Manual):
             buffer = np.frombuffer(payload, dtype=np.uint8)
             images.append(cv2.cvtColor(cv2.imdecode(buffer, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB))
         return images
+
+
+    @classmethod
+    def labeled_data(cls, key: dict) -> tuple[LabeledData, list[bytes], list[dict]]:
+        """The dataset as stored: its :class:`LabeledData` (frames named as stored), the
+        image bytes of each frame (sha256-checked) and the ``Frame`` rows, in frame order."""
+        from .io.labels import FrameSource
+
+        row = (cls & key).fetch1()
+        key = {"dataset": row["dataset"]}
+        frames = (cls.Frame & key).to_dicts(order_by="frame_id")
+        payloads = []
+        for frame in frames:
+            payload = frame["image"].read()
+            if sha256_bytes(payload) != frame["image_sha256"]:
+                raise ValueError(
+                    f"The stored image of frame {frame['frame_name']!r} of dataset {key['dataset']!r} "
+                    "does not match its sha256: the object store was altered. Restore it from a "
+                    "backup or re-import the dataset.")
+            payloads.append(payload)
+        data = LabeledData(
+            bodyparts=cls.bodyparts(key), individuals=cls.individuals(key),
+            frames=[FrameSource(name=f["frame_name"], source_video=f["source_video"] or None,
+                                frame_index=f["source_frame_index"]) for f in frames],
+            keypoints=cls.keypoints(key, [f["frame_id"] for f in frames]),
+            scorer=row["scorer"], skeleton=[tuple(e) for e in row["skeleton"]],
+            source=row["source_path"])
+        return data, payloads, frames
+
+    @classmethod
+    def export_dlc(cls, key: dict, folder: str | Path) -> Path:
+        """Write the dataset as a DeepLabCut project (``config.yaml``, ``labeled-data/<video>/``
+        images, ``CollectedData_<scorer>.h5`` and ``.csv``) in a new folder.
+
+        Importing the folder again with :meth:`import_dlc` gives the same labels and images;
+        frames imported from DeepLabCut keep their names (others are named
+        ``labeled-data/<video>/img<frame index>.png``).
+        """
+        from .io.dlc import label_frame_name, write_dlc_project
+
+        data, payloads, rows = cls.labeled_data(key)
+        names = [label_frame_name(f.name, f.source_video, f.frame_index if f.frame_index is not None
+                                  else r["frame_id"], p)
+                 for f, r, p in zip(data.frames, rows, payloads, strict=True)]
+        if len(set(names)) != len(names):
+            names = [label_frame_name("", f.source_video, r["frame_id"], p)
+                     for f, r, p in zip(data.frames, rows, payloads, strict=True)]
+        for frame, name in zip(data.frames, names, strict=True):
+            frame.name = name
+        return write_dlc_project(folder, data, payloads, task=f"element-pose-{rows[0]['dataset']}")
+
+    @classmethod
+    def export_sleap(cls, key: dict, path: str | Path) -> Path:
+        """Write the dataset as SLEAP labels (``.slp`` + its images in ``<stem>.images/``).
+
+        Importing it again with :meth:`import_sleap` gives the same labels and images (frames
+        are then named by SLEAP's video / frame index).
+        """
+        from .io.sleap import write_sleap
+
+        data, payloads, _ = cls.labeled_data(key)
+        return write_sleap(path, data, payloads)[0]
 
 
 def insert_hashed_params(table, id_attr: str, full: dict, params_id: int | None, extra: dict) -> dict:
@@ -432,7 +500,7 @@ class DataSplit(dj.Manual):
     -> LabeledDataset
     split_id: int16
     ---
-    split_method: varchar(16)         # random | lists
+    split_method: varchar(16)         # random | lists | extend
     test_fraction: float64
     seed=null: int32
     split_sha256: char(64)            # hash of the sorted train and test frame names
@@ -479,6 +547,35 @@ class DataSplit(dj.Manual):
         if not isinstance(spec, dict) or not {"train", "test"} <= set(spec):
             raise ValueError(f"{path} must hold a JSON object with 'train' and 'test' lists.")
         return cls.from_lists(dataset_key, spec["train"], spec["test"])
+
+    @classmethod
+    def extend(cls, split_key: dict, dataset_key: dict, test_fraction: float = 0.0,
+               seed: int = 0) -> dict:
+        """Split a new version of a dataset so that the earlier split still holds.
+
+        Frames of ``split_key``'s dataset keep their subset (matched by frame name, so a test
+        frame never moves into training); frames new in ``dataset_key`` go to training, or
+        ``test_fraction`` of them (at random, ``seed``) to the test set.
+        """
+        if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) \
+                or not 0 <= test_fraction < 1:
+            raise ValueError(f"test_fraction must be a number in [0, 1), got {test_fraction!r}.")
+        old = (cls.Frame & split_key) * LabeledDataset.Frame
+        subset = {r["frame_name"]: r["subset"] for r in old.proj("subset", "frame_name").to_dicts()}
+        if not subset:
+            raise ValueError(f"No data split {split_key}; create it first.")
+        names = cls._frame_names(dataset_key)
+        missing = sorted(set(subset) - set(names))
+        if missing:
+            raise ValueError(f"{len(missing)} frame(s) of the earlier split are not in "
+                             f"{dataset_key}, e.g. {missing[:3]}: it is not a later version of "
+                             "that dataset.")
+        new = [n for n in names if n not in subset]
+        order = np.random.default_rng(seed).permutation(len(new))
+        n_test = int(round(test_fraction * len(new)))
+        test = [n for n in subset if subset[n] == "test"] + [new[i] for i in order[:n_test]]
+        train = [n for n in subset if subset[n] == "train"] + [new[i] for i in order[n_test:]]
+        return cls._insert_split(dataset_key, train, test, "extend", seed)
 
     @classmethod
     def _frame_names(cls, dataset_key: dict) -> list[str]:

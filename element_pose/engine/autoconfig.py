@@ -26,7 +26,9 @@ The rules, in network-input pixels (after ``input_scale``):
   moving animal, light when the crop is the whole frame (the camera's fixed view then says
   where each part is: on mirror-mouse light changes halved the error at equal time);
 * **iterations**: about 30 passes per training frame, within [1500, 6000], fewer for big
-  crops (each one already holds the whole animal); validation stops earlier when the
+  crops (each one already holds the whole animal), and at most ``ITERATION_BUDGET`` divided
+  by the relative cost of one iteration (crop area x ``STRIDE_COST``), so a default run
+  takes about 20 minutes at most on a 2-core CPU; validation stops earlier when the
   held-back frames stop improving.
 """
 
@@ -56,6 +58,15 @@ MIN_HEATMAP_CELLS = 32
 FREE_GEOMETRY = {"rotation": 30.0, "scale": (0.75, 1.3), "translate": 0.2}
 #: ... and for whole-frame crops of a fixed view.
 FIXED_GEOMETRY = {"rotation": 10.0, "scale": (0.9, 1.1), "translate": 0.05}
+#: Training cost of one iteration relative to a 160 px crop at output stride 4 (the default
+#: ResNet-18, batch 8): it grows with the crop's area and with a finer heatmap head. Measured
+#: on the 2-core benchmark machine (openfield, 160 px / stride 4: 0.34 s per iteration;
+#: anipose-side, 192 px / stride 2: about 2x that; BENCHMARKS.md).
+REFERENCE_CROP = 160
+STRIDE_COST = {2: 1.35, 4: 1.0, 8: 0.85, 16: 0.8, 32: 0.8}
+#: Most automatic iterations in reference units: about 20 minutes of training on that
+#: machine, so a default run with its evaluation stays within 25 minutes.
+ITERATION_BUDGET = 3600
 #: Bytes of CPU training memory (activations, gradients) per input pixel and sample, by
 #: backbone (cut at stride 16, float32): 1.5x what ``benchmarks/training_memory.py`` measured
 #: for a batch of 8 crops of 256 px (BENCHMARKS.md).
@@ -271,12 +282,15 @@ def resolve_config(config: EngineConfig, stats: DatasetStats,
         base = min(max(30 * n, 1500), 6000)
         # A big crop holds the whole animal: fewer, costlier iterations see as much.
         factor = min(1.0, (192.0 / crop) ** 2) ** 0.5
-        iterations = int(round(base * factor / 100.0) * 100)
-        iterations = max(iterations, 1000)
+        cost = (int(crop) / REFERENCE_CROP) ** 2 * STRIDE_COST.get(int(stride), 1.0)
+        iterations = min(base * factor, ITERATION_BUDGET / cost)
+        iterations = max(int(round(iterations / 100.0) * 100), 1000)
         chosen["iterations"] = {
             "value": iterations,
             "reason": f"~30 passes over {n} training frames within [1500, 6000], scaled by "
-                      f"{factor:.2f} for a {crop} px crop; validation may stop earlier"}
+                      f"{factor:.2f} for a {crop} px crop, at most {ITERATION_BUDGET} / "
+                      f"{cost:.2f} (the cost of a {crop} px, stride-{stride} iteration); "
+                      "validation may stop earlier"}
     changes["iterations"] = iterations
 
     every = config.validation_every

@@ -316,3 +316,107 @@ def write_dlc_output(path: str | Path, pose: np.ndarray, bodyparts: list[str], s
     write_hdf(frame, h5, key="df_with_missing")
     frame.to_csv(csv_path)
     return h5, csv_path
+
+
+# --- writing a project (labels going out to a labeler) --------------------------------------
+
+def label_frame_name(name: str, video: str | None, index: int, payload: bytes) -> str:
+    """A DeepLabCut ``labeled-data/<video>/<image>`` name for a frame.
+
+    Names that already have that form are kept (so a DeepLabCut project exports back under
+    its own names); others become ``labeled-data/<video>/img<index:05d>.<png|jpg>``, the
+    extension following the image bytes.
+    """
+    parts = Path(name).parts
+    if len(parts) == 3 and parts[0] == "labeled-data" and Path(name).suffix:
+        return "/".join(parts)
+    ext = ".jpg" if payload[:2] == b"\xff\xd8" else ".png"
+    folder = re.sub(r"[^\w.-]+", "_", video or "frames").strip("._") or "frames"
+    return f"labeled-data/{folder}/img{index:05d}{ext}"
+
+
+def labels_dataframe(data: LabeledData, names: list[str]) -> pd.DataFrame:
+    """DeepLabCut's CollectedData table: rows (``labeled-data``, video, image), columns scorer /
+    (individuals /) bodyparts / coords, NaN where a part is not labeled."""
+    multi = len(data.individuals) > 1 or data.individuals != [SINGLE]
+    scorer = data.scorer or "element-pose"
+    if multi:
+        columns = pd.MultiIndex.from_product(
+            [[scorer], data.individuals, data.bodyparts, ["x", "y"]],
+            names=["scorer", "individuals", "bodyparts", "coords"])
+        values = data.keypoints.reshape(len(data), -1)
+    else:
+        columns = pd.MultiIndex.from_product(
+            [[scorer], data.bodyparts, ["x", "y"]], names=["scorer", "bodyparts", "coords"])
+        values = data.keypoints[:, 0].reshape(len(data), -1)
+    index = pd.MultiIndex.from_tuples([tuple(Path(n).parts) for n in names])
+    return pd.DataFrame(values.astype(np.float64), index=index, columns=columns)
+
+
+def write_dlc_project(project_dir: str | Path, data: LabeledData, images: list[bytes],
+                      task: str = "element-pose", extra_config: dict | None = None) -> Path:
+    """Write labeled frames as a DeepLabCut project that DeepLabCut 3 and napari-deeplabcut open.
+
+    Writes ``config.yaml``, every image at its frame name (``labeled-data/<video>/<image>``,
+    the bytes as given) and, per video folder, ``CollectedData_<scorer>.h5`` (key
+    ``df_with_missing``) and ``.csv``.
+
+    Parameters
+    ----------
+    project_dir : str or Path
+        A new or empty folder.
+    data : LabeledData
+        Frame names must have the form ``labeled-data/<video>/<image>`` (see
+        :func:`label_frame_name`).
+    images : list of bytes
+        Encoded image (PNG/JPEG) of each frame, in ``data.frames`` order.
+    extra_config : dict, optional
+        More ``config.yaml`` keys (e.g. ``video_sets``).
+
+    Returns
+    -------
+    Path
+        The project folder.
+    """
+    project_dir = Path(project_dir)
+    if project_dir.exists() and any(project_dir.iterdir()):
+        raise FileExistsError(f"{project_dir} is not empty; export into a new folder so no labels "
+                              "are overwritten.")
+    if len(images) != len(data):
+        raise ValueError(f"{len(images)} images for {len(data)} frames.")
+    names = [f.name for f in data.frames]
+    bad = [n for n in names if len(Path(n).parts) != 3 or Path(n).parts[0] != "labeled-data"]
+    if bad:
+        raise ValueError(f"Frame names must be labeled-data/<video>/<image>, e.g. not {bad[:3]}; "
+                         "use label_frame_name().")
+    scorer = data.scorer or "element-pose"
+    multi = len(data.individuals) > 1 or data.individuals != [SINGLE]
+    config: dict = {
+        "Task": task, "scorer": scorer, "date": "", "multianimalproject": multi,
+        "identity": None if not multi else False, "project_path": str(project_dir.absolute()),
+        "video_sets": {}, "start": 0, "stop": 1, "numframes2pick": 20, "pcutoff": 0.6,
+        "dotsize": 8, "alphavalue": 0.7, "colormap": "rainbow", "iteration": 0,
+        "TrainingFraction": [0.95], "default_net_type": "resnet_50", "default_augmenter": "default",
+        "snapshotindex": -1, "batch_size": 8, "cropping": False, "x1": 0, "x2": 640, "y1": 277,
+        "y2": 624, "corner2move2": [50, 50], "move2corner": True,
+        "skeleton": [list(edge) for edge in data.skeleton], "skeleton_color": "black",
+    }
+    if multi:
+        config.update(individuals=list(data.individuals), uniquebodyparts=[],
+                      multianimalbodyparts=list(data.bodyparts), bodyparts="MULTI!")
+    else:
+        config["bodyparts"] = list(data.bodyparts)
+    config.update(extra_config or {})
+    project_dir.mkdir(parents=True, exist_ok=True)
+    (project_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    for name, payload in zip(names, images, strict=True):
+        path = project_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(payload)
+    table = labels_dataframe(data, names)
+    for video in dict.fromkeys(Path(n).parts[1] for n in names):
+        part = table[table.index.get_level_values(1) == video]
+        stem = project_dir / "labeled-data" / video / f"CollectedData_{scorer}"
+        write_hdf(part, stem.with_suffix(".h5"), key="df_with_missing", format="fixed")
+        part.to_csv(stem.with_suffix(".csv"))
+    return project_dir

@@ -109,12 +109,19 @@ def read_hdf(path: str | Path, key: str | None = None) -> pd.DataFrame:
     return pd.read_hdf(path, key=key) if key else pd.read_hdf(path)
 
 
-def write_hdf(frame: pd.DataFrame, path: str | Path, key: str = "df_with_missing") -> Path:
-    """Write a DataFrame in pandas' ``table`` format that pandas 2 and 3 both read."""
+def write_hdf(frame: pd.DataFrame, path: str | Path, key: str = "df_with_missing",
+              format: str = "table") -> Path:
+    """Write a DataFrame that pandas 2 and 3 both read.
+
+    ``format="table"`` is what DeepLabCut writes for pose outputs; ``"fixed"`` what it (and
+    napari-deeplabcut) write for ``CollectedData`` labels, whose rows are a three-level index.
+    """
     import tables
 
     path = Path(path)
-    frame.to_hdf(path, key=key, mode="w", format="table")
+    frame.to_hdf(path, key=key, mode="w", format=format)
+    if format != "table":
+        return path
     with tables.open_file(path, mode="a") as f:
         group = f.get_node("/" + key)
         if "pandas_version" not in group._v_attrs._f_list("user"):

@@ -17,7 +17,7 @@ from element_pose.io.labels import FrameSource, LabeledData
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["read_sleap"]
+__all__ = ["read_sleap", "write_sleap"]
 
 
 def _resolve_media(stored: str, slp_dir: Path, video_root: Path | None) -> Path:
@@ -241,3 +241,87 @@ def read_sleap(
         skeleton=edges,
         source=str(path.absolute()),
     )
+
+
+def write_sleap(path: str | Path, data: LabeledData, images: Sequence[bytes],
+                predicted: np.ndarray | None = None) -> tuple[Path, list[str]]:
+    """Write labeled frames as a SLEAP labels file that SLEAP and sleap-io open.
+
+    The images go to ``<path stem>.images/<nn>_<video>/<nnnnnn>.<png|jpg>`` (one image-sequence
+    video per source video, bytes as given) and the ``.slp`` refers to them.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``.slp`` file to write (must not exist).
+    data : LabeledData
+        Its labels become user instances, one per individual with a labeled point; tracks are
+        named after the individuals when there are several.
+    images : sequence of bytes
+        Encoded image of each frame, in ``data.frames`` order.
+    predicted : np.ndarray, optional
+        (frames, individuals, bodyparts, 3) x, y, score: a model's suggestions, written as
+        predicted instances (which the labeler accepts or corrects in SLEAP) where an
+        individual has no user label. Frames with neither are listed as suggestions.
+
+    Returns
+    -------
+    path : Path
+    names : list of str
+        The name :func:`read_sleap` gives each frame of ``data`` when the file is read back.
+    """
+    import sleap_io as sio
+
+    path = Path(path)
+    if path.suffix != ".slp":
+        raise ValueError(f"A SLEAP labels file must end in .slp, got {path.name}.")
+    if path.exists():
+        raise FileExistsError(f"{path} exists; export into a new file so no labels are overwritten.")
+    if len(images) != len(data):
+        raise ValueError(f"{len(images)} images for {len(data)} frames.")
+    if predicted is not None and predicted.shape != (*data.keypoints.shape[:3], 3):
+        raise ValueError(f"predicted has shape {predicted.shape}, expected {(*data.keypoints.shape[:3], 3)}.")
+    skeleton = sio.Skeleton(nodes=list(data.bodyparts), edges=[list(e) for e in data.skeleton],
+                            name="element-pose")
+    multi = len(data.individuals) > 1
+    tracks = [sio.Track(name=name) for name in data.individuals] if multi else []
+    folder = path.with_name(path.stem + ".images")
+    groups: dict[str, list[int]] = {}
+    for i, frame in enumerate(data.frames):
+        groups.setdefault(frame.source_video or "frames", []).append(i)
+    frames, videos, suggestions = [], [], []
+    names = [""] * len(data)
+    for v, (video_name, members) in enumerate(groups.items()):
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in video_name)
+        sub = folder / f"{v:02d}_{safe}"
+        sub.mkdir(parents=True, exist_ok=False)
+        files = []
+        for k, i in enumerate(members):
+            ext = ".jpg" if images[i][:2] == b"\xff\xd8" else ".png"
+            target = sub / f"{k:06d}{ext}"
+            target.write_bytes(images[i])
+            files.append(str(target.absolute()))
+            names[i] = f"{sub.name}/{k:06d}"
+        video = sio.Video.from_filename(files)
+        videos.append(video)
+        for k, i in enumerate(members):
+            instances = []
+            for j in range(len(data.individuals)):
+                track = tracks[j] if multi else None
+                points = data.keypoints[i, j]
+                if not np.isnan(points).all():
+                    instances.append(sio.Instance.from_numpy(points, skeleton, track=track))
+                elif predicted is not None and not np.isnan(predicted[i, j, :, :2]).all():
+                    guess = predicted[i, j]
+                    instances.append(sio.PredictedInstance.from_numpy(
+                        guess[:, :2], skeleton, point_scores=np.nan_to_num(guess[:, 2]),
+                        score=float(np.nanmean(guess[:, 2])), track=track))
+            if instances:
+                frames.append(sio.LabeledFrame(video=video, frame_idx=k, instances=instances))
+            else:
+                suggestions.append(sio.SuggestionFrame(video=video, frame_idx=k))
+    labels = sio.Labels(labeled_frames=frames, videos=videos, skeletons=[skeleton], tracks=tracks,
+                        suggestions=suggestions)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sio.save_slp(labels, str(path), embed=False, verbose=False)
+    return path, names
