@@ -36,11 +36,13 @@ import json
 import logging
 import warnings
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import scipy.signal
+
+from .params import DictParams
 
 logger = logging.getLogger(__name__)
 
@@ -366,7 +368,7 @@ def savgol_filter(data: np.ndarray, window: int, polyorder: int = 2, **kwargs: A
 
 
 @dataclass(frozen=True)
-class FilterParams:
+class FilterParams(DictParams):
     """Validated parameters of :func:`filter_pose`.
 
     Attributes
@@ -389,6 +391,8 @@ class FilterParams:
     min_periods : int, default 1
         Median filter: minimum valid frames in the window (1 <= min_periods <= window).
     """
+
+    _what = "filter"
 
     confidence_threshold: float | None = 0.6
     max_jump_px: float | None = None
@@ -440,29 +444,6 @@ class FilterParams:
             fail("min_periods", f"an integer in [1, window={self.window}]")
         for name in ("window", "polyorder", "min_periods"):
             object.__setattr__(self, name, int(getattr(self, name)))
-
-    @classmethod
-    def from_dict(cls, params: Mapping[str, Any] | None) -> FilterParams:
-        """Build from a dict (e.g. a ``json`` column), rejecting unknown keys.
-
-        Missing keys take their defaults. Types are checked strictly (``"5"`` or ``5.0`` is not
-        a window; ``True`` is not a number).
-        """
-        if params is None:
-            return cls()
-        if isinstance(params, FilterParams):
-            return params
-        if not isinstance(params, Mapping):
-            raise ValueError(f"Filter parameters must be a dict, got {type(params).__name__}.")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(f"Unknown filter parameter(s) {unknown}; allowed keys are {sorted(known)}.")
-        return cls(**params)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict of all parameters (defaults included)."""
-        return asdict(self)
 
     def to_json(self) -> str:
         """Canonical JSON: all parameters, sorted keys, no whitespace."""

@@ -21,12 +21,13 @@ sum is the frame's score. :func:`pick_spread` then takes the K highest-scoring f
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .filtering import rolling_filter
+from .params import DictParams
 
 SIGNALS = ("likelihood", "jump", "filter", "ensemble")
 #: Smallest spread used by the robust z-score, per signal: below it differences are noise.
@@ -34,7 +35,7 @@ _FLOOR = {"likelihood": 0.02, "jump": 0.5, "filter": 0.5, "ensemble": 0.5}
 
 
 @dataclass(frozen=True)
-class OutlierParams:
+class OutlierParams(DictParams):
     """Validated parameters of :func:`score_frames` and :func:`pick_spread`.
 
     Attributes
@@ -49,6 +50,8 @@ class OutlierParams:
     min_gap : int or None, default None
         Least distance in frames between two picks; ``None`` = ``frames / (4 n_frames)``.
     """
+
+    _what = "outlier"
 
     n_frames: int = 20
     weights: dict = field(default_factory=lambda: dict.fromkeys(SIGNALS, 1.0))
@@ -81,25 +84,6 @@ class OutlierParams:
         if self.min_gap is not None and (not is_int(self.min_gap) or self.min_gap < 0):
             raise ValueError(f"Outlier parameter min_gap={self.min_gap!r} is invalid: expected an "
                              "integer >= 0 (frames) or None.")
-
-    @classmethod
-    def from_dict(cls, params: Mapping[str, Any] | None) -> OutlierParams:
-        """Build from a dict, rejecting unknown keys; missing keys take their defaults."""
-        if params is None:
-            return cls()
-        if isinstance(params, OutlierParams):
-            return params
-        if not isinstance(params, Mapping):
-            raise ValueError(f"Outlier parameters must be a dict, got {type(params).__name__}.")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(f"Unknown outlier parameter(s) {unknown}; allowed keys are {sorted(known)}.")
-        return cls(**params)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict of all parameters (defaults included)."""
-        return asdict(self)
 
 
 def _check_pose(pose: np.ndarray, name: str = "pose") -> np.ndarray:

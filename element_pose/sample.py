@@ -109,16 +109,20 @@ def render_frame(background: np.ndarray, centre: np.ndarray, heading: float, sca
     return frame, keypoints
 
 
-def _intrusion(frame: np.ndarray, centre: np.ndarray, scale: float, phase: float) -> np.ndarray:
-    """Draw a pale, pink, hand-like blob near the animal (an experimenter's glove): it has the
-    ears' and snout's colour, so a model that never saw one may put body parts on it."""
-    offset = np.array([np.cos(phase), np.sin(phase)]) * 0.9 * scale
-    x, y = (centre + offset).round().astype(int)
-    cv2.ellipse(frame, (int(x), int(y)), (int(0.35 * scale), int(0.22 * scale)), np.degrees(phase),
-                0, 360, (165, 155, 215), -1, cv2.LINE_AA)
-    for k in range(3):
-        tip = centre + offset * (1.35 + 0.1 * k) + np.array([-np.sin(phase), np.cos(phase)]) * (k - 1) * 0.15 * scale
-        cv2.circle(frame, tuple(int(v) for v in tip.round()), max(2, int(0.08 * scale)), (170, 160, 220), -1,
+def _intrusion(frame: np.ndarray, centre: np.ndarray, heading: float, scale: float, phase: float
+               ) -> np.ndarray:
+    """Draw a pale, hand-like object over the animal's head (an experimenter's glove reaching
+    in): its fingertips have the ears' colour and size and it hides part of the head, so a
+    model that never saw one puts head parts on it."""
+    fwd = np.array([np.cos(heading), np.sin(heading)])
+    side = np.array([-fwd[1], fwd[0]])
+    palm = centre + fwd * 0.75 * scale + side * 0.35 * scale * np.sin(phase)
+    angle = np.degrees(heading + 0.6 * np.sin(phase))
+    cv2.ellipse(frame, tuple(int(v) for v in palm.round()), (int(0.3 * scale), int(0.2 * scale)), angle,
+                0, 360, (185, 180, 215), -1, cv2.LINE_AA)
+    for k in (-1, 0, 1):
+        tip = palm - fwd * 0.35 * scale + side * k * 0.2 * scale
+        cv2.circle(frame, tuple(int(v) for v in tip.round()), max(2, int(0.11 * scale)), (150, 140, 190), -1,
                    cv2.LINE_AA)
     return frame
 
@@ -167,7 +171,7 @@ def make_sample(out_dir: str | Path, n_frames: int = 300, n_labeled: int = 60, w
     for i in range(n_frames):
         frame, keypoints = render_frame(background, centres[i], headings[i], scale, rng)
         if i in hand:
-            frame = _intrusion(frame, centres[i], scale, headings[i] + 0.7 * i)
+            frame = _intrusion(frame, centres[i], headings[i], scale, 0.7 * i)
         truth[i] = keypoints
         writer.write(frame)
         if i in labeled:

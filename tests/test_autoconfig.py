@@ -168,3 +168,21 @@ def test_sampling_sees_a_rare_border_part_as_often_as_the_others():
     # when every part is covered equally, targeted crops pick them uniformly
     assert part_target_probabilities(np.ones(3), np.ones(3, bool), 0.4) == \
         pytest.approx([1 / 3] * 3)
+
+
+def test_iterations_stay_within_the_time_budget():
+    """Costly iterations (big crops, a fine heatmap) get fewer of them; cheap ones keep ~30
+    passes over the frames."""
+    from element_pose.engine.autoconfig import ITERATION_BUDGET, REFERENCE_CROP, STRIDE_COST
+
+    rng = np.random.default_rng(3)
+    stats = dataset_stats([(640, 480)] * 100, _animal(100, rng, 640, 480, 60.0))
+    cheap, _ = resolve_config(EngineConfig.from_dict({"crop_size": 128, "output_stride": 4}), stats)
+    assert cheap.iterations == 3000  # 30 x 100 frames: within budget
+    costly, report = resolve_config(EngineConfig.from_dict({"crop_size": 192, "output_stride": 2}), stats)
+    cost = (192 / REFERENCE_CROP) ** 2 * STRIDE_COST[2]
+    assert costly.iterations == int(round(ITERATION_BUDGET / cost / 100) * 100) < 3000
+    assert "stride-2 iteration" in report["chosen"]["iterations"]["reason"]
+    mine, _ = resolve_config(EngineConfig.from_dict({"crop_size": 192, "output_stride": 2,
+                                                     "iterations": 5000}), stats)
+    assert mine.iterations == 5000  # a value the user set is kept

@@ -1,4 +1,4 @@
-"""The tutorial notebook runs top to bottom against the session's database."""
+"""The notebooks run top to bottom against the session's database."""
 
 from __future__ import annotations
 
@@ -8,6 +8,18 @@ import nbformat
 from nbclient import NotebookClient
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "tutorial.ipynb"
+REFINEMENT = NOTEBOOK.with_name("refinement.ipynb")
+
+
+def run_notebook(path: Path) -> str:
+    """Execute a notebook from the repository root; fail on any error; return its text output."""
+    notebook = nbformat.read(path, as_version=4)
+    # The kernel inherits ELEMENT_POSE_HOME / ELEMENT_POSE_PREFIX / DJ_* from this session.
+    NotebookClient(notebook, timeout=900, kernel_name="python3",
+                   resources={"metadata": {"path": str(NOTEBOOK.parents[1])}}).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    return "".join(str(o.get("data", {}).get("text/plain", "")) + str(o.get("text", "")) for o in outputs)
 
 
 def test_tutorial_notebook_runs(pipeline, tmp_path):
@@ -22,12 +34,12 @@ def test_tutorial_notebook_runs(pipeline, tmp_path):
     pipeline.Device.insert1({"device": "other_cam"}, skip_duplicates=True)
     video = write_video(root / "other_user" / "v.avi", 5, fourcc="MJPG")
     pending = pipeline.model.VideoRecording.add(other, 1, {"device": "other_cam"}, [video])
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    # The kernel inherits ELEMENT_POSE_HOME / ELEMENT_POSE_PREFIX / DJ_* from this session.
-    NotebookClient(notebook, timeout=900, kernel_name="python3",
-                   resources={"metadata": {"path": str(NOTEBOOK.parents[1])}}).execute()
-    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
-    assert not [o for o in outputs if o.get("output_type") == "error"]
-    text = "".join(str(o.get("data", {}).get("text/plain", "")) + str(o.get("text", "")) for o in outputs)
+    text = run_notebook(NOTEBOOK)
     assert "tutorial_net" in text or "frames_below" in text
     assert not pipeline.model.RecordingInfo & pending  # the notebook did not run it
+
+
+def test_refinement_notebook_runs_a_whole_iteration(pipeline):
+    text = run_notebook(REFINEMENT)
+    assert "after retraining" in text and "nb_m1" in text
+    assert pipeline.refine.DatasetVersion & {"dataset": "nb_v1", "parent_dataset": "nb_v0"}
