@@ -35,7 +35,6 @@ from .hashing import sha256_bytes
 from .io.labels import FrameSource, LabeledData
 from .jobs import RecoverJobs
 from .names import check_name
-from .paths import to_full
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +58,7 @@ def _recording_key(row: dict) -> dict:
 
 
 def _video_paths(recording: dict) -> list[Path]:
-    return [to_full(p, model._root_dirs) for p in model.VideoRecording.file_paths(recording)]
+    return model.VideoRecording.file_paths(recording)
 
 
 def _read_frames(recording: dict, indices: Sequence[int]) -> dict[int, np.ndarray]:

@@ -14,20 +14,17 @@ import pytest
 from element_pose.io.dlc import read_dlc_project
 from element_pose.sample import make_sample
 
-#: A small network (as in test_pipeline, trained longer).
+#: A tiny network: these tests check the tables on every database; what the loop buys (the
+#: outliers hold the mistakes, retraining halves them) is asserted once, on the embedded
+#: database, by the refinement notebook's test (tests/test_notebook.py), with longer training.
 SMALL = {
     "backbone": "resnet18", "backbone_stride": 8, "head_channels": 64, "input_scale": 1.0,
-    "crop_size": 96, "iterations": 800, "batch_size": 8, "sigma": 2.5, "locref_radius": 5.0,
-    "schedule": {"warmup_iterations": 30}, "optimizer": {"lr": 0.003}, "device": "cpu",
+    "crop_size": 96, "iterations": 60, "batch_size": 8, "sigma": 2.5, "locref_radius": 5.0,
+    "schedule": {"warmup_iterations": 10}, "optimizer": {"lr": 0.003}, "device": "cpu",
     "checkpoint_every": 200,
 }
 #: The retraining: a fine-tune of the first model on the extended split.
-FINE_TUNE = {**SMALL, "iterations": 300}
-
-
-def frame_errors(pose: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Mean Euclidean error per frame (frames, parts, 3|2) vs (frames, parts, 2)."""
-    return np.linalg.norm(pose[..., :2] - truth, axis=-1).mean(axis=-1)
+FINE_TUNE = {**SMALL, "iterations": 30}
 
 
 def label_as_truth(project: Path, truth: np.ndarray) -> int:
@@ -69,7 +66,7 @@ def loop(pipeline, tmp_path_factory):
     train.TrainingTask.insert1(task, skip_duplicates=True)
     train.ModelTraining.populate(task)
     first = model.Model.from_training(task, "refine_m0")
-    short = train.TrainingParamSet.insert_new_params({**SMALL, "iterations": 100})
+    short = train.TrainingParamSet.insert_new_params({**SMALL, "iterations": 20})
     sibling = {**split, **short, "run_id": 1}
     train.TrainingTask.insert1(sibling, skip_duplicates=True)
     model.TrainingInit.insert1({**sibling, "parent_model": "refine_m0"}, skip_duplicates=True)
@@ -91,24 +88,28 @@ def loop(pipeline, tmp_path_factory):
             "outliers": outlier_task, "selection": selection}
 
 
-def test_outlier_frames_are_the_models_mistakes(pipeline, loop):
-    refine, model = pipeline.refine, pipeline.model
-    pose, _ = model.PoseEstimation.pose_array(loop["poses"][0])
-    errors = frame_errors(pose, loop["sample"].keypoints)
-    picked = [r["frame_index"] for r in (refine.OutlierScore.Frame & loop["outliers"]).to_dicts(
-        order_by="outlier_rank")]
+def test_outlier_scores_and_picks(pipeline, loop):
+    refine = pipeline.refine
+    rows = (refine.OutlierScore.Frame & loop["outliers"]).to_dicts(order_by="outlier_rank")
+    picked = [r["frame_index"] for r in rows]
     assert len(picked) == 12 and len(set(picked)) == 12
-    rng = np.random.default_rng(0)
-    random_mean = np.mean([errors[rng.choice(len(errors), 12, replace=False)].mean() for _ in range(200)])
-    assert errors[picked].mean() >= 3 * random_mean, (errors[picked].mean(), random_mean)
     row = (refine.OutlierScore & loop["outliers"]).fetch1()
     assert row["score"].shape == (240,) and row["ensemble_signal"].shape == (240,)
-    assert {r["main_signal"] for r in (refine.OutlierScore.Frame & loop["outliers"]).to_dicts()} <= {
-        "likelihood", "jump", "filter", "ensemble"}
+    # the picks are the highest scores, at least 240 / (4 x 12) = 5 frames apart
+    assert [r["outlier_score"] for r in rows] == sorted(row["score"][picked], reverse=True)
+    assert min(np.diff(sorted(picked))) >= 5
+    assert {r["main_signal"] for r in rows} <= {"likelihood", "jump", "filter", "ensemble"}
     assert len(refine.FrameSelection.Frame & loop["selection"]) == 12
+    assert (refine.FrameSelection & loop["selection"]).fetch1("method") == "outliers"
+    with pytest.raises(ValueError, match="reference model must differ"):
+        refine.OutlierTask.add(loop["poses"][0], reference_models=["refine_m0"])
+    with pytest.raises(ValueError, match="No PoseEstimation of this recording by model"):
+        refine.OutlierTask.add(loop["poses"][0], reference_models=["no_such_model"])
+    with pytest.raises(ValueError, match="n_frames"):
+        refine.OutlierTask.add(loop["poses"][0], {"n_frames": -1})
 
 
-def test_a_whole_iteration_halves_the_error_on_the_outlier_frames(pipeline, loop, tmp_path):
+def test_a_whole_iteration_through_the_tables(pipeline, loop, tmp_path):
     train, model, refine = pipeline.train, pipeline.model, pipeline.refine
     truth = loop["sample"].keypoints
     round_key = refine.LabelingRound.export("refine_r1", loop["dataset"], loop["selection"],
@@ -117,10 +118,13 @@ def test_a_whole_iteration_halves_the_error_on_the_outlier_frames(pipeline, loop
     exported = read_dlc_project(project)
     new = (refine.LabelingRound.NewFrame & round_key).to_dicts()
     n_new = len(new)  # outlier frames that were already labeled are not exported again
-    assert n_new >= 10 and len(exported) == 28 + n_new
-    # pre-filled: the model's guesses are in the file for the labeler to correct
-    prefilled = exported.keypoints[[exported.frame_names.index(r["export_name"]) for r in new]]
-    assert np.isfinite(prefilled).any()
+    assert n_new >= 8 and len(exported) == 28 + n_new
+    # pre-filled: the model's guesses at or above its p-cutoff are in the file for the labeler
+    # to correct, the others left for the labeler to place
+    rows = [exported.frame_names.index(r["export_name"]) for r in new]
+    guesses = model.Model.load(loop["models"][0]).predict_frames([exported.frames[i].read() for i in rows])
+    expected = np.where(guesses[..., 2:] >= 0.6, guesses[..., :2], np.nan)
+    np.testing.assert_allclose(exported.keypoints[rows, 0], expected, atol=1e-4)
 
     assert label_as_truth(project, truth) == 28 + n_new
     version = refine.LabelingRound.merge(round_key, "refine_v1")
@@ -145,17 +149,10 @@ def test_a_whole_iteration_halves_the_error_on_the_outlier_frames(pipeline, loop
     model.ModelEvaluation.populate([{**m, **split} for m in (loop["models"][0], retrained)])
     table = refine.compare_models(["refine_m0", "refine_m1"], split)
     assert list(table.index) == ["refine_m0", "refine_m1"]
-    assert table.loc["refine_m1", "train_error_px"] < table.loc["refine_m0", "train_error_px"]
-
-    picked = [r["frame_index"] for r in new]
-    net0, net1 = model.Model.load(loop["models"][0]), model.Model.load(retrained)
-    from element_pose.engine.video import read_frame
-
-    images = [read_frame(loop["sample"].video_path, i) for i in picked]
-    before = frame_errors(net0.predict_frames(images), truth[picked]).mean()
-    after = frame_errors(net1.predict_frames(images), truth[picked]).mean()
-    assert after <= before / 2, (before, after)
+    assert table["test_error_px"].notna().all()
     assert [r["model_name"] for r in model.Model.lineage(retrained)] == ["refine_m1", "refine_m0"]
+    with pytest.raises(ValueError, match="No ModelEvaluation"):
+        refine.compare_models(["refine_m0_sibling"], split)
 
 
 def test_bad_relabels_are_refused_and_nothing_is_inserted(pipeline, loop, tmp_path):
