@@ -20,7 +20,8 @@ def __getattr__(name: str):
 
 def activate(prefix: str | None = None, *, linking_module=None, create_schema: bool = True,
              create_tables: bool = True) -> None:
-    """Activate the Element's schemas (``<prefix>train``, ``<prefix>model``, ``<prefix>refine``).
+    """Activate the Element's schemas (``<prefix>train``, ``<prefix>model``, ``<prefix>refine``,
+    ``<prefix>multiview``).
 
     Parameters
     ----------
@@ -29,7 +30,7 @@ def activate(prefix: str | None = None, *, linking_module=None, create_schema: b
     linking_module : module or str
         Provides ``Session``, ``Device`` and ``get_pose_root_data_dir()``.
     """
-    from . import db, model, refine
+    from . import db, model, multiview, refine
 
     db.connect()  # the configured server or the embedded database, and the object store
     prefix = db.schema_prefix() if prefix is None else prefix
@@ -37,3 +38,5 @@ def activate(prefix: str | None = None, *, linking_module=None, create_schema: b
                    create_schema=create_schema, create_tables=create_tables)
     refine.activate(f"{prefix}refine", create_schema=create_schema, create_tables=create_tables,
                     linking_module=linking_module)
+    multiview.activate(f"{prefix}multiview", create_schema=create_schema,
+                       create_tables=create_tables, linking_module=linking_module)

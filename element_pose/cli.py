@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         from .storage import collect_garbage
 
         db.connect()
-        names = [db.schema_prefix() + suffix for suffix in ("train", "model", "refine")]
+        names = [db.schema_prefix() + suffix for suffix in ("train", "model", "refine", "multiview")]
         existing = set(dj.list_schemas())
         schemas = [dj.Schema(n, create_schema=False, create_tables=False)
                    for n in names if n in existing]
@@ -84,7 +84,7 @@ def _computed_tables() -> list:
     db.connect()
     existing = set(dj.list_schemas())
     tables = []
-    for suffix in ("refine", "model", "train"):
+    for suffix in ("multiview", "refine", "model", "train"):
         name = db.schema_prefix() + suffix
         if name not in existing:
             continue

@@ -24,7 +24,9 @@ __all__ = [
     "plot_labeled_frame",
     "plot_learning_curve",
     "plot_likelihood",
+    "plot_reprojection",
     "plot_trajectory",
+    "plot_trajectory_3d",
 ]
 
 
@@ -353,3 +355,59 @@ def plot_labeled_frame(
     ax.set_axis_off()
     ax.legend(loc="upper right", fontsize="x-small", frameon=True, framealpha=0.6)
     return fig
+
+
+def plot_trajectory_3d(points: Any, bodyparts: Sequence[str], unit: str = "mm",
+                       title: str | None = None) -> Figure:
+    """3D paths of the body parts (frames, parts, 3), one colour per part (as in labeled
+    videos); NaN points leave gaps."""
+    points = np.asarray(points, dtype=np.float64)
+    if points.ndim != 3 or points.shape[2] != 3 or points.shape[1] != len(bodyparts):
+        raise ValueError(f"points must have shape (frames, {len(bodyparts)}, 3), got {points.shape}.")
+    figure = Figure(figsize=(6, 5), layout="constrained")
+    axes = figure.add_subplot(projection="3d")
+    colors = _rgb01(bodypart_colors(len(bodyparts)))
+    for k, part in enumerate(bodyparts):
+        axes.plot(points[:, k, 0], points[:, k, 1], points[:, k, 2], color=colors[k], lw=1, label=part)
+    axes.set_xlabel(f"x ({unit})")
+    axes.set_ylabel(f"y ({unit})")
+    axes.set_zlabel(f"z ({unit})")
+    if len(bodyparts) <= 20:
+        axes.legend(loc="upper left", fontsize="small")
+    if title:
+        axes.set_title(title)
+    return figure
+
+
+def plot_reprojection(images: Sequence[np.ndarray], detections: Any, reprojected: Any,
+                      camera_names: Sequence[str], bodyparts: Sequence[str],
+                      title: str | None = None) -> Figure:
+    """One panel per camera: its frame, the 2D detections (dots) and the triangulated points
+    drawn back into it (crosses), joined by a line, so a camera that disagrees stands out.
+
+    ``detections`` and ``reprojected``: (cameras, parts, 2) pixels, NaN where absent.
+    """
+    detections = np.asarray(detections, np.float64)
+    reprojected = np.asarray(reprojected, np.float64)
+    n = len(camera_names)
+    if len(images) != n or detections.shape != (n, len(bodyparts), 2) or reprojected.shape != detections.shape:
+        raise ValueError(f"Give one image, and (parts, 2) detections and reprojections, per camera "
+                         f"({n} cameras, {len(bodyparts)} parts).")
+    figure = Figure(figsize=(4 * n, 3.4), layout="constrained")
+    colors = _rgb01(bodypart_colors(len(bodyparts)))
+    for c, name in enumerate(camera_names):
+        axes = figure.add_subplot(1, n, c + 1)
+        axes.imshow(images[c], cmap="gray" if np.ndim(images[c]) == 2 else None)
+        for k in range(len(bodyparts)):
+            d, r = detections[c, k], reprojected[c, k]
+            axes.plot(*d, "o", ms=4, mfc="none", color=colors[k])
+            axes.plot(*r, "x", ms=5, color=colors[k])
+            if np.isfinite(d).all() and np.isfinite(r).all():
+                axes.plot([d[0], r[0]], [d[1], r[1]], "-", lw=0.8, color=colors[k])
+        error = np.nanmean(np.linalg.norm(detections[c] - reprojected[c], axis=-1)) \
+            if np.isfinite(detections[c]).any() and np.isfinite(reprojected[c]).any() else float("nan")
+        axes.set_title(f"{name}: {error:.1f} px", fontsize="small")
+        axes.set_axis_off()
+    if title:
+        figure.suptitle(title)
+    return figure

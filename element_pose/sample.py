@@ -194,3 +194,86 @@ def make_sample(out_dir: str | Path, n_frames: int = 300, n_labeled: int = 60, w
     (project / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return Sample(video_path=video_path, project_dir=project, keypoints=truth, labeled_frames=labeled,
                   fps=fps, intrusion_frames=sorted(hand))
+
+
+# --- a synthetic camera rig (3D) ------------------------------------------------------------
+
+
+def make_rig(n_cameras: int = 3, width: int = 320, height: int = 240, distance: float = 700.0,
+             focal: float = 450.0):
+    """Cameras on a ring above the origin (about 45 degrees up), all looking at it (for 3D
+    tests and the demo); world y points down.
+
+    Returns a list of :class:`element_pose.calibration.Camera` named ``cam0``, ``cam1``, ...;
+    no distortion; lengths in mm.
+    """
+    from .calibration import Camera
+
+    cameras = []
+    for i in range(n_cameras):
+        angle = 2 * np.pi * i / n_cameras
+        ring = 0.7 * distance
+        center = np.array([ring * np.sin(angle), -0.7 * distance, -ring * np.cos(angle)])
+        forward = -center / np.linalg.norm(center)
+        right = np.cross([0.0, 1.0, 0.0], forward)
+        right /= np.linalg.norm(right)
+        down = np.cross(forward, right)
+        rotation = np.stack([right, down, forward])     # rows: camera axes in world coordinates
+        rvec = cv2.Rodrigues(rotation)[0].reshape(3)
+        matrix = [[focal, 0, width / 2 - 0.5], [0, focal, height / 2 - 0.5], [0, 0, 1]]
+        cameras.append(Camera(f"cam{i}", (width, height), matrix, np.zeros(5), rvec,
+                              -rotation @ center))
+    return cameras
+
+
+def render_board_views(out_dir: str | Path, board, cameras, n_views: int = 12, seed: int = 0,
+                       pixels_per_square: int = 60) -> dict[str, Path]:
+    """Images of a ChArUco/checkerboard board at random poses near the origin, seen by every
+    camera at once: ``<out_dir>/<camera>/<camera>-<view>.png``. Views where the board faces
+    away from a camera are written as blank frames (no detection), like a real recording.
+
+    Returns camera name -> folder.
+    """
+    rng = np.random.default_rng(seed)
+    out_dir = Path(out_dir)
+    nx, ny = board.squares_x, board.squares_y
+    size = (nx * pixels_per_square, ny * pixels_per_square)
+    if board.kind == "charuco":
+        texture = board._charuco().generateImage(size, marginSize=0)
+    else:
+        texture = np.kron((np.indices((ny, nx)).sum(0) % 2 == 0).astype(np.uint8) * 255,
+                          np.ones((pixels_per_square, pixels_per_square), np.uint8))
+    # a white margin so the outer squares are found
+    margin = pixels_per_square // 2
+    texture = cv2.copyMakeBorder(texture, margin, margin, margin, margin, cv2.BORDER_CONSTANT, value=255)
+    scale = board.square_length / pixels_per_square           # mm per texture pixel
+    folders = {}
+    for cam in cameras:
+        folders[cam.name] = out_dir / cam.name
+        folders[cam.name].mkdir(parents=True, exist_ok=True)
+    mean_dir = np.mean([-c.center / np.linalg.norm(c.center) for c in cameras], axis=0)
+    for view in range(n_views):
+        # board tilted towards the cameras (its normal against their mean viewing direction)
+        tilt = rng.normal(0, 0.25, 3)
+        base = cv2.Rodrigues(np.array([np.pi / 2 + 0.6, 0.0, 0.0]))[0]
+        if mean_dir[1] > 0:  # cameras look down: board lies flat, facing up
+            base = cv2.Rodrigues(np.array([-np.pi / 2, 0.0, 0.0]))[0]
+        rotation = cv2.Rodrigues(tilt)[0] @ base
+        centre_offset = np.array([(nx * board.square_length) / 2, (ny * board.square_length) / 2, 0])
+        translation = rng.normal(0, 25, 3) - rotation @ centre_offset
+        # texture pixel (u, v) -> board point ((u - margin) * scale, (v - margin) * scale, 0)
+        to_board = np.array([[scale, 0, -margin * scale], [0, scale, -margin * scale], [0, 0, 1]])
+        for cam in cameras:
+            r_cam = cam.rotation_matrix @ rotation
+            t_cam = cam.rotation_matrix @ translation + cam.translation
+            normal_towards = (r_cam @ np.array([0, 0, 1.0]))[2]
+            homography = cam.matrix @ np.column_stack([r_cam[:, 0], r_cam[:, 1], t_cam]) @ to_board
+            image = np.full((cam.size[1], cam.size[0]), 90, np.uint8)
+            if abs(normal_towards) > 0.2:
+                warped = cv2.warpPerspective(texture, homography, cam.size, flags=cv2.INTER_AREA,
+                                             borderMode=cv2.BORDER_CONSTANT, borderValue=90)
+                mask = cv2.warpPerspective(np.ones_like(texture), homography, cam.size) > 0
+                image[mask] = warped[mask]
+            image = cv2.GaussianBlur(image, (3, 3), 0.6)
+            cv2.imwrite(str(folders[cam.name] / f"{cam.name}-{view}.png"), image)
+    return folders

@@ -46,7 +46,7 @@ def pipeline(pose_home):
 
     yield pl
     pl.db.stop_embedded_on_exit()
-    for schema in (pl.refine.schema, pl.model.schema, pl.train.schema, pl.lab):
+    for schema in (pl.multiview.schema, pl.refine.schema, pl.model.schema, pl.train.schema, pl.lab):
         try:
             schema.drop(prompt=False)
         except Exception as error:  # leave the database usable even if a drop fails

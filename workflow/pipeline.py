@@ -1,5 +1,5 @@
 """The sample lab pipeline: Subject, Session and Device (camera) tables, with element-pose's
-``train``, ``model`` and ``refine`` schemas activated beside them (the DataJoint Elements linking-module
+``train``, ``model``, ``refine`` and ``multiview`` schemas activated beside them (the DataJoint Elements linking-module
 pattern).
 
 Importing this module connects to the database (embedded PostgreSQL unless DataJoint's settings
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import datajoint as dj
 
-from element_pose import activate, db, model, refine, train
+from element_pose import activate, db, model, multiview, refine, train
 
-__all__ = ["Subject", "Session", "Device", "train", "model", "refine", "get_pose_root_data_dir",
+__all__ = ["Subject", "Session", "Device", "train", "model", "refine", "multiview", "get_pose_root_data_dir",
            "connection_info"]
 
 connection_info = db.connect()

@@ -114,6 +114,8 @@ def export_nwb(
     original_videos: Sequence[str] | None = None,
     nwbfile_fields: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    unit: str = "pixels",
+    reference_frame: str = REFERENCE_FRAME,
 ) -> Path:
     """Write pose estimates to a new NWB file (ndx-pose).
 
@@ -124,7 +126,8 @@ def export_nwb(
         failure leaves no partial file.
     pose : np.ndarray
         (F, K, 3) ``[x, y, likelihood]`` in pixels, NaN where missing; or (F, I, K, 3) for
-        several animals together with ``individuals``.
+        several animals together with ``individuals``. 3D points: (F, K, 4) ``[x, y, z,
+        score]`` with ``unit`` and ``reference_frame`` describing the world frame.
     bodyparts : sequence of str
         K body part names (series names; must be unique).
     timestamps : np.ndarray
@@ -210,8 +213,9 @@ def export_nwb(
     else:
         raise ValueError(f"pose must have shape (frames, body parts, 3) or (frames, individuals, body parts, 3), got {pose.shape}.")
     n_frames, _, n_parts, n_channels = pose.shape
-    if n_channels != 3 or n_parts != len(bodyparts):
-        raise ValueError(f"pose has {n_parts} body parts x {n_channels} channels; expected {len(bodyparts)} x 3 (x, y, likelihood).")
+    if n_channels not in (3, 4) or n_parts != len(bodyparts):
+        raise ValueError(f"pose has {n_parts} body parts x {n_channels} channels; expected {len(bodyparts)} x 3 "
+                         "(x, y, likelihood) or x 4 (x, y, z, score).")
     timestamps = np.asarray(timestamps, dtype=np.float64)
     if timestamps.shape != (n_frames,):
         raise ValueError(f"timestamps has shape {timestamps.shape}; expected ({n_frames},), one time in seconds per frame.")
@@ -300,11 +304,11 @@ def export_nwb(
             series = PoseEstimationSeries(
                 name=name,
                 description=f"Estimated position of {name}" + (f" of {individual}" if individual else "") + ".",
-                data=H5DataIO(np.ascontiguousarray(pose[:, i, k, :2]), compression="gzip"),
-                unit="pixels",
-                reference_frame=REFERENCE_FRAME,
+                data=H5DataIO(np.ascontiguousarray(pose[:, i, k, :-1]), compression="gzip"),
+                unit=unit,
+                reference_frame=reference_frame,
                 timestamps=first if first is not None else H5DataIO(timestamps, compression="gzip"),
-                confidence=H5DataIO(np.ascontiguousarray(pose[:, i, k, 2]), compression="gzip"),
+                confidence=H5DataIO(np.ascontiguousarray(pose[:, i, k, -1]), compression="gzip"),
                 confidence_definition=confidence_definition,
             )
             if first is None:
@@ -374,7 +378,8 @@ def read_nwb_pose(path: str | Path, name: str | None = None) -> tuple[np.ndarray
     Returns
     -------
     pose : np.ndarray
-        (F, K, 3) ``[x, y, likelihood]``; likelihood NaN when the file stores no confidence.
+        (F, K, 3) ``[x, y, likelihood]`` (3D series: (F, K, 4) ``[x, y, z, score]``); the
+        last channel is NaN when the file stores no confidence.
     bodyparts : list of str
         In skeleton node order (series order when there is no skeleton).
     timestamps : np.ndarray
@@ -408,7 +413,7 @@ def read_nwb_pose(path: str | Path, name: str | None = None) -> tuple[np.ndarray
                 timestamps = stamps
             elif stamps.shape != timestamps.shape or not np.array_equal(stamps, timestamps):
                 raise ValueError(f"{path}: series {part!r} has different timestamps from {bodyparts[0]!r}.")
-            columns.append(np.column_stack([data[:, 0], data[:, 1], confidence]))
+            columns.append(np.column_stack([data, confidence]))
     pose = np.stack(columns, axis=1) if columns else np.empty((0, 0, 3))
     return pose, bodyparts, np.asarray(timestamps if timestamps is not None else [], dtype=np.float64)
 
