@@ -149,33 +149,48 @@ def test_align_by_timestamps():
         align_by_timestamps([times, times + 100])
 
 
-def test_four_camera_session_calibrates_and_triangulates_the_proofread_labels():
-    """../shared/data/sleap-anipose-minimal-session: board images of four cameras."""
-    from element_pose.io.outputs import read_pose_output
-
+def test_four_camera_session_through_the_tables(pipeline, tmp_path):
+    """../shared/data/sleap-anipose-minimal-session, end to end in the tables: calibrate the
+    four cameras from their board images, load each view's proofread labels as a pose
+    estimation, triangulate."""
     data = shared_dataset("sleap-anipose-minimal-session")
-    board = Board.from_toml(data / "board.toml")
+    mv, model = pipeline.multiview, pipeline.model
     names = ["back", "mid", "side", "top"]
-    detections, sizes = {}, {}
-    for name in names:
-        detections[name], sizes[name] = detect_in_images((data / name / "calibration_images").glob("*.jpg"), board)
-    result = calibrate(detections, sizes, board)
-    assert max(result.errors.values()) <= 1.0, result.errors
-    anipose = read_anipose_calibration(data / "calibration.toml")
-    ours, theirs = relative_centers(result.cameras), relative_centers(anipose)
-    baseline = np.linalg.norm(theirs[1] - theirs[0])          # back-mid, both consistent there
+    rig = mv.CameraRig.add("anipose4", names)
+    board = mv.CalibrationBoard.add("anipose_charuco", data / "board.toml")
+    task = mv.CalibrationTask.add_board(rig, 1, board, {n: data / n / "calibration_images" for n in names})
+    imported = mv.CalibrationTask.add_file(rig, 2, data / "calibration.toml")
+    mv.Calibration.populate(rig)
+    errors = dict(zip(*(mv.Calibration.Camera & task).to_arrays("device", "reprojection_error"), strict=True))
+    assert max(errors.values()) <= 1.0, errors
+    ours = relative_centers(mv.Calibration.cameras(task))
+    theirs = relative_centers(mv.Calibration.cameras(imported))
+    baseline = np.linalg.norm(theirs[1] - theirs[0])          # back-mid, consistent in both
     assert np.linalg.norm(ours[1] - theirs[1]) <= 0.05 * baseline
+    assert np.linalg.norm(ours[3] - theirs[3]) <= 0.05 * baseline
     # anipose's side entry repeats its top camera; the board images place side elsewhere
     assert np.allclose(theirs[2], theirs[3])
-    assert np.linalg.norm(ours[3] - theirs[3]) <= 0.05 * baseline
     assert np.linalg.norm(ours[2] - theirs[2]) > 0.5 * baseline
 
-    poses = [read_pose_output(data / n / f"minimal_{n}_proofread.analysis.h5").pose for n in names]
-    pixels = np.stack([p[..., :2] for p in poses])
-    scores = np.stack([p[..., 2] for p in poses])
-    out = triangulate(pixels, result.cameras, scores, {"threshold": 10})
-    assert np.nanmedian(out.errors) <= 3.0
-    assert np.isfinite(out.points).all(axis=-1).mean() > 0.95
+    pipeline.Subject.insert1({"subject": "anipose_mouse"}, skip_duplicates=True)
+    session = {"subject": "anipose_mouse", "session_id": 1}
+    pipeline.Session.insert1({**session, "session_datetime": "2022-02-24 13:52:00"}, skip_duplicates=True)
+    models = {}
+    for i, name in enumerate(names):
+        rec = model.VideoRecording.add(session, i, {"device": name}, [data / name / f"minimal_{name}.mp4"])
+        model.RecordingInfo.populate(rec)
+        labels = data / name / f"minimal_{name}_proofread.analysis.h5"
+        models[name] = model.Model.from_output_file(labels, f"proofread_{name}")["model_name"]
+        model.PoseEstimationTask.add(rec, {"model_name": models[name]}, mode="load", output_path=labels)
+    model.PoseEstimation.populate(session)
+    multi = mv.MultiCameraRecording.add(session, 1, rig, {n: i for i, n in enumerate(names)})
+    tri = mv.TriangulationTask.add(multi, task, models, params={"threshold": 10})
+    mv.Triangulation.populate(multi)
+    row = (mv.Triangulation & tri).fetch1()
+    assert row["median_reprojection_error"] <= 3.0 and row["fraction_triangulated"] > 0.95
+    assert row["mean_cameras_used"] >= 2.5
+    figure = mv.Triangulation.plot_reprojection(tri, frame=60)
+    assert len(figure.axes) == 4
 
 
 # --- the tables ------------------------------------------------------------------------------
