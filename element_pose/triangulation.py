@@ -39,7 +39,7 @@ class TriangulationParams(DictParams):
     """
 
     min_score: float = 0.1
-    threshold: float = 15.0
+    threshold: float = 10.0
     min_cameras: int = 2
     weighted: bool = True
     smooth_window: int = 0

@@ -184,7 +184,7 @@ def test_four_camera_session_through_the_tables(pipeline, tmp_path):
         model.PoseEstimationTask.add(rec, {"model_name": models[name]}, mode="load", output_path=labels)
     model.PoseEstimation.populate(session)
     multi = mv.MultiCameraRecording.add(session, 1, rig, {n: i for i, n in enumerate(names)})
-    tri = mv.TriangulationTask.add(multi, task, models, params={"threshold": 10})
+    tri = mv.TriangulationTask.add(multi, task, models)
     mv.Triangulation.populate(multi)
     row = (mv.Triangulation & tri).fetch1()
     assert row["median_reprojection_error"] <= 3.0 and row["fraction_triangulated"] > 0.95
@@ -318,3 +318,43 @@ def test_multiview_tables_end_to_end(pipeline, tmp_path, data_root, rig, board_f
     assert figure.axes and figure.axes[0].name == "3d"
     check = mv.Triangulation.plot_reprojection(tri, frame=22)
     assert len(check.axes) == 3
+
+
+def test_board_video_gives_the_same_corners_as_its_images(rig, board_folders, tmp_path):
+    import cv2
+
+    from element_pose.calibration import detect_in_video
+
+    images = sorted(board_folders["cam0"].glob("*.png"), key=lambda p: int(p.stem.split("-")[-1]))
+    writer = cv2.VideoWriter(str(tmp_path / "board.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, rig[0].size)
+    for path in images:
+        writer.write(cv2.imread(str(path)))
+    writer.release()
+    from_images, _ = detect_in_images(images, BOARD)
+    from_video, size = detect_in_video(tmp_path / "board.avi", BOARD, step=1)
+    assert size == rig[0].size and sorted(from_video) == sorted(from_images)
+    compared = 0
+    for view, (ids, corners) in from_images.items():
+        video_ids, video_corners = from_video[view]
+        common, a, b = np.intersect1d(ids, video_ids, return_indices=True)
+        assert len(common) >= 0.8 * len(ids)
+        if len(common):
+            assert np.abs(corners[a] - video_corners[b]).max() < 1.0
+            compared += 1
+    assert compared >= 10
+    with pytest.raises(ValueError, match="step must be a positive int"):
+        detect_in_video(tmp_path / "board.avi", BOARD, step=0)
+
+
+def test_checkerboard_calibrates_one_camera(rig, tmp_path):
+    board = Board("checkerboard", 7, 9, 25.0)
+    folders = render_board_views(tmp_path, board, rig[:1], n_views=10, seed=2)
+    views, size = detect_in_images(folders["cam0"].glob("*.png"), board)
+    assert sum(len(ids) == 48 for ids, _ in views.values()) >= 6
+    result = calibrate({"cam0": views}, {"cam0": size}, board)
+    assert result.errors["cam0"] < 0.5
+    assert abs(result.cameras[0].matrix[0, 0] - rig[0].matrix[0, 0]) < 0.03 * rig[0].matrix[0, 0]
+    with pytest.raises(ValueError, match="marker_length"):
+        Board("charuco", 5, 7, 30.0)
+    with pytest.raises(ValueError, match="squares_x must be an int >= 3"):
+        Board("checkerboard", 2.5, 7, 30.0)
