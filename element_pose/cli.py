@@ -4,6 +4,7 @@
     element-pose demo    the end-to-end demo on the embedded database
     element-pose gc      list (--delete: remove) object-store files no row refers to
     element-pose jobs    pending / reserved / failed work per table (--retry: failed -> pending)
+    element-pose worker  populate every computed table with job reservation (run one per GPU/node)
 """
 
 from __future__ import annotations
@@ -30,6 +31,17 @@ def main(argv: list[str] | None = None) -> int:
                       help="put failed jobs back to pending (after fixing their cause)")
     jobs.add_argument("--recover", action="store_true",
                       help="put jobs of dead or interrupted workers back to pending now")
+    worker = sub.add_parser("worker", help="populate the computed tables with job reservation "
+                                           "until no work is left (start as many as you like)")
+    worker.add_argument("--pipeline", default="workflow.pipeline",
+                        help="module that activates the Element (default: workflow.pipeline)")
+    worker.add_argument("--gpu", help="the GPU this worker uses (CUDA index), or 'cpu'")
+    worker.add_argument("--poll", type=float,
+                        help="when idle, look for work again every POLL seconds (default: end)")
+    worker.add_argument("--max-seconds", type=float, help="start no job after this many seconds")
+    worker.add_argument("--max-jobs", type=int, help="end after this many jobs")
+    worker.add_argument("--tables", nargs="+", help="only these tables, e.g. PoseEstimation")
+    worker.add_argument("--restrict", help='only keys matching this JSON, e.g. \'{"subject": "m1"}\'')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -41,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "jobs":
         return _jobs(args)
+    if args.command == "worker":
+        from .worker import main_worker
+
+        logging.getLogger("element_pose").setLevel(logging.INFO)
+        return main_worker(args.pipeline, gpu=args.gpu, poll=args.poll, max_seconds=args.max_seconds,
+                           max_jobs=args.max_jobs, tables=args.tables, restrict=args.restrict)
     if args.command == "gc":
         import datajoint as dj
 
