@@ -140,3 +140,38 @@ def test_worker_limits_and_table_names(pipeline):
     assert [t.__class__.__name__ for t in tables] == [name for _, name in TABLE_ORDER]
     report = run_worker(tables, max_jobs=0)
     assert report.stopped_by == "job limit (0)" and report.total_made == 0
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_cluster_examples_run_the_worker(pipeline, tiny_model, pose_home):
+    """The SLURM script runs as a worker (against this test's server when it is one); the
+    Kubernetes Job and the compose service start workers the same way."""
+    import json
+
+    import yaml
+
+    script = REPO / "deploy" / "slurm" / "element-pose-worker.sbatch"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    job = yaml.safe_load((REPO / "deploy" / "kubernetes" / "element-pose-workers.yaml").read_text())
+    assert job["kind"] == "Job" and job["spec"]["parallelism"] >= 2
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][:2] == ["element-pose", "worker"]
+    assert {e["name"] for e in container["env"]} >= {"DJ_HOST", "DJ_USER", "DJ_PASS", "DJ_STORES"}
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    worker = compose["services"]["worker"]
+    assert "element-pose worker" in worker["command"][-1]
+    assert worker["depends_on"]["mysql"]["condition"] == "service_healthy"
+
+    if not os.environ.get("DJ_HOST"):
+        pytest.skip("the SLURM script targets a lab server; run with DJ_HOST set (CI does)")
+    model = pipeline.model
+    key = _recordings(pipeline, "slurm", 1, frames=20, start=200)[0]
+    model.RecordingInfo.populate(key)
+    model.PoseEstimationTask.add(key, tiny_model)
+    env = {**os.environ, "ELEMENT_POSE_VENV": sys.prefix, "SLURM_ARRAY_TASK_ID": "0",
+           "DJ_STORES": json.dumps({"main": {"protocol": "file", "location": str(pose_home / "store")}})}
+    run = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert re.search(r"made .*PoseEstimation 1", run.stdout) and model.PoseEstimation & key
