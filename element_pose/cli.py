@@ -5,6 +5,7 @@
     element-pose gc      list (--delete: remove) object-store files no row refers to
     element-pose jobs    pending / reserved / failed work per table (--retry: failed -> pending)
     element-pose worker  populate every computed table with job reservation (run one per GPU/node)
+    element-pose serve   a read-only web page over the lab database
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--max-jobs", type=int, help="end after this many jobs")
     worker.add_argument("--tables", nargs="+", help="only these tables, e.g. PoseEstimation")
     worker.add_argument("--restrict", help='only keys matching this JSON, e.g. \'{"subject": "m1"}\'')
+    serve = sub.add_parser("serve", help="browse the lab database in a web page (read-only)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--token", help="required on every request (default $ELEMENT_POSE_WEB_TOKEN); "
+                                       "needed when --host is not this machine")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -53,6 +59,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "jobs":
         return _jobs(args)
+    if args.command == "serve":
+        import os
+
+        from .web.app import serve as run_server
+
+        run_server(args.host, args.port, args.token or os.environ.get("ELEMENT_POSE_WEB_TOKEN"))
+        return 0
     if args.command == "worker":
         from .worker import main_worker
 

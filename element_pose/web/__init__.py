@@ -1,0 +1,1 @@
+"""The read-only web page over the lab database (``element-pose serve``)."""
