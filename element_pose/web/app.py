@@ -25,6 +25,7 @@ from .data import PAGE_SIZE, LabDatabase, NotFound
 
 TEMPLATES = Path(__file__).parent / "templates"
 COOKIE = "element_pose_token"
+MAX_PLOT_POINTS = 20_000
 
 
 def cell(text: Any, url: str | None = None, img: str | None = None, error: bool = False) -> dict:
@@ -217,6 +218,9 @@ def create_app(token: str | None = None, database: LabDatabase | None = None):
         start, stop = max(0, start), min(len(array), max(start + 1, stop))
         clip = array[start:stop]
         times = np.arange(start, stop, dtype=float)
+        if len(clip) > MAX_PLOT_POINTS:  # an hour at 30 fps: plot every n-th frame; zoom for all
+            step = -(-len(clip) // MAX_PLOT_POINTS)
+            clip, times = clip[::step], times[::step]
         plot = plot_trajectory if kind == "trajectory" else plot_likelihood
         figure = plot(clip, names, timestamps=times, pcutoff=None if kind == "trajectory" else 0.6)
         return Response(_png(figure), media_type="image/png")

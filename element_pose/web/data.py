@@ -8,6 +8,7 @@ converts them to the column's type, so a URL can only restrict, never name a fil
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,10 +33,16 @@ class LabDatabase:
         self.prefix = db.schema_prefix()
         existing = set(dj.list_schemas())
         self.modules: dict[str, Any] = {}
-        for suffix in SCHEMAS:
-            name = self.prefix + suffix
-            if name in existing:
-                self.modules[suffix] = dj.VirtualModule(suffix, name, create_tables=False)
+        quiet = logging.getLogger("datajoint")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)  # reading the definitions back warns about native types
+        try:
+            for suffix in SCHEMAS:
+                name = self.prefix + suffix
+                if name in existing:
+                    self.modules[suffix] = dj.VirtualModule(suffix, name, create_tables=False)
+        finally:
+            quiet.setLevel(level)
         if "model" not in self.modules:
             raise RuntimeError(f"No {self.prefix}model schema in this database: nothing to browse. "
                                "Set ELEMENT_POSE_PREFIX to the lab's prefix.")
