@@ -23,6 +23,32 @@ class NotFound(LookupError):
     """No such row (the page answers 404)."""
 
 
+def _pg_catalog_primary_keys(adapter) -> None:
+    """Make DataJoint read PostgreSQL primary keys from pg_catalog, which every role can read.
+
+    DataJoint 2.3 reads them from information_schema.table_constraints, which PostgreSQL shows
+    only to roles with a privilege besides SELECT on the table; the foreign keys it already
+    reads from pg_catalog. The queries return the same columns as DataJoint's own.
+    """
+    join = ("FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) "
+            "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum "
+            "WHERE i.indisprimary ")
+
+    def get_primary_key_sql(schema_name: str, table_name: str) -> str:
+        return (f"SELECT a.attname AS column_name {join}"
+                f"AND n.nspname = {adapter.quote_string(schema_name)} "
+                f"AND c.relname = {adapter.quote_string(table_name)} ORDER BY k.ord")
+
+    def load_primary_keys_sql(schemas_list: str, like_pattern: str) -> str:
+        return ("SELECT '\"' || n.nspname || '\".\"' || c.relname || '\"' AS tab, a.attname AS column_name "
+                f"{join}AND c.relname NOT LIKE {like_pattern} AND n.nspname IN ({schemas_list})")
+
+    adapter.get_primary_key_sql = get_primary_key_sql
+    adapter.load_primary_keys_sql = load_primary_keys_sql
+
+
 class LabDatabase:
     """The Element's schemas of this database, read-only."""
 
@@ -30,6 +56,9 @@ class LabDatabase:
         from .. import db
 
         db.connect()
+        connection = dj.conn()
+        if connection.adapter.backend == "postgresql":
+            _pg_catalog_primary_keys(connection.adapter)
         self.prefix = db.schema_prefix()
         existing = set(dj.list_schemas())
         self.modules: dict[str, Any] = {}
@@ -48,10 +77,8 @@ class LabDatabase:
                                "Set ELEMENT_POSE_PREFIX to the lab's prefix.")
         self.model = self.modules["model"]
         if not self.model.VideoRecording.primary_key:
-            raise RuntimeError(
-                "DataJoint cannot read the tables' keys with this database user. On PostgreSQL "
-                "grant REFERENCES besides SELECT (information_schema hides constraints from "
-                "roles with SELECT alone): GRANT SELECT, REFERENCES ON ALL TABLES IN SCHEMA ...")
+            raise RuntimeError("DataJoint cannot read the tables' primary keys with this database "
+                               "user; grant it SELECT on the Element's schemas.")
         self.train = self.modules.get("train")
         conn = self.model.VideoRecording.connection
         conn.dependencies.load_all_upstream()  # the lab's Session / Subject schema too
