@@ -273,6 +273,11 @@ def test_multiview_tables_end_to_end(pipeline, tmp_path, data_root, rig, board_f
     assert not mv.MultiCameraRecording & session
 
     multi = mv.MultiCameraRecording.add(session, 1, rig_key, recordings)
+    # the short recording, matched by time instead: its missing frames are -1
+    by_time = mv.MultiCameraRecording.add(session, 2, rig_key, {**recordings, "cam1": 21}, sync="timestamps")
+    frame_map = mv.MultiCameraRecording.frame_map(by_time)
+    assert frame_map.shape == (3, n) and (frame_map[1, :n - 5] == np.arange(n - 5)).all()
+    assert (frame_map[1, n - 5:] == -1).all()
     # a body part missing from one view's model
     model.Model.from_external("ext3d_2parts", "DeepLabCut", PARTS[:2], scorer="DLC_two")
     h5, _ = write_dlc_output(data_root / "rig3" / "two_dlc", np.concatenate(
