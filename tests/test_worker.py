@@ -58,8 +58,8 @@ def _worker(*args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _jobs(table, status: str) -> list[dict]:
-    return (table.jobs & {"status": status}).to_dicts()
+def _jobs(table, status: str, keys: list[dict]) -> list[dict]:
+    return (table.jobs & keys & {"status": status}).to_dicts()
 
 
 def test_three_workers_make_twelve_pose_tasks_exactly_once(pipeline, tiny_model):
@@ -67,7 +67,8 @@ def test_three_workers_make_twelve_pose_tasks_exactly_once(pipeline, tiny_model)
     keys = _recordings(pipeline, "workers3", 12, frames=30)
     # the workers also measure the recordings (RecordingInfo comes first in their order)
     workers = [_worker("--tables", "RecordingInfo", "PoseEstimation", "--poll", "1",
-                       "--max-seconds", "240") for _ in range(3)]
+                       "--max-seconds", "240", "--restrict", '{"subject": "workers3"}')
+               for _ in range(3)]
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and len(model.RecordingInfo & keys) < 12:
         time.sleep(0.5)
@@ -84,7 +85,8 @@ def test_three_workers_make_twelve_pose_tasks_exactly_once(pipeline, tiny_model)
     made = [len(re.findall(r"PoseEstimation: made 1 key", err)) for _, err in outputs]
     assert sum(made) == 12, logs
     assert sum(m > 0 for m in made) >= 2, made      # the work was shared
-    assert not _jobs(model.PoseEstimation, "reserved") and not _jobs(model.PoseEstimation, "error")
+    assert not _jobs(model.PoseEstimation, "reserved", keys)
+    assert not _jobs(model.PoseEstimation, "error", keys)
 
 
 def test_killed_worker_task_is_finished_by_another_and_sigterm_leaves_nothing_reserved(
@@ -124,7 +126,7 @@ def test_killed_worker_task_is_finished_by_another_and_sigterm_leaves_nothing_re
     third.send_signal(signal.SIGTERM)
     out, err = third.communicate(timeout=120)
     assert third.returncode == 143, err[-2000:]
-    assert not _jobs(model.PoseEstimation, "reserved")
+    assert not _jobs(model.PoseEstimation, "reserved", keys)
     assert not model.PoseEstimation & stopped
 
     # and a worker in this process finishes it
@@ -172,6 +174,8 @@ def test_cluster_examples_run_the_worker(pipeline, tiny_model, pose_home):
     model.PoseEstimationTask.add(key, tiny_model)
     env = {**os.environ, "ELEMENT_POSE_VENV": sys.prefix, "SLURM_ARRAY_TASK_ID": "0",
            "DJ_STORES": json.dumps({"main": {"protocol": "file", "location": str(pose_home / "store")}})}
-    run = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(["bash", str(script), "--tables", "PoseEstimation", "--restrict",
+                          json.dumps({"subject": "slurm"})], env=env, capture_output=True, text=True,
+                         timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert re.search(r"made .*PoseEstimation 1", run.stdout) and model.PoseEstimation & key
