@@ -581,6 +581,14 @@ class TriangulationTask(dj.Manual):
         return key
 
 
+    @classmethod
+    def views(cls, key: dict) -> list[dict]:
+        """The task's PoseEstimation keys, in the rig's camera order."""
+        order = {v["recording_id"]: v["camera_index"]
+                 for v in (MultiCameraRecording.View & key).to_dicts()}
+        return sorted((cls.View & key).to_dicts(), key=lambda v: order[v["recording_id"]])
+
+
 @schema
 class Triangulation(RecoverJobs, dj.Computed):
     """3D body-part positions of a multi-camera recording, one row per first-camera frame."""
@@ -613,8 +621,7 @@ class Triangulation(RecoverJobs, dj.Computed):
     def make_fetch(self, key: dict) -> tuple:
         task = (TriangulationTask & key).fetch1()
         recording = (MultiCameraRecording & key).fetch1()
-        order = {v["recording_id"]: v["camera_index"] for v in (MultiCameraRecording.View & recording).to_dicts()}
-        views = sorted((TriangulationTask.View & key).to_dicts(), key=lambda v: order[v["recording_id"]])
+        views = TriangulationTask.views(key)
         poses = []
         for view in views:
             pose, parts = model.PoseEstimation.pose_array(view)
@@ -786,9 +793,7 @@ class Triangulation(RecoverJobs, dj.Computed):
             raise ValueError(f"frame must be an int in 0..{len(points) - 1}, got {frame!r}.")
         cameras = Calibration.cameras(key)
         frame_map = MultiCameraRecording.frame_map(key)
-        recording = (MultiCameraRecording & key).fetch1()
-        order = {v["recording_id"]: v["camera_index"] for v in (MultiCameraRecording.View & recording).to_dicts()}
-        views = sorted((TriangulationTask.View & key).to_dicts(), key=lambda v: order[v["recording_id"]])
+        views = TriangulationTask.views(key)
         images, detections = [], []
         for c, view in enumerate(views):
             local = int(frame_map[c, frame])

@@ -119,7 +119,7 @@ def create_app(token: str | None = None, database: LabDatabase | None = None):
         headers = (["session"] + [k for k in (rows[0] if rows else {}) if k not in spk] + ["recordings"])
         name = ", ".join(str(v) for v in key.values())
         return page(request, f"Subject {name}", [
-            {"kind": "facts", "pairs": list((db.subject & key).fetch1().items())},
+            {"kind": "facts", "pairs": list((db.plain(db.subject) & key).fetch1().items())},
             table("Sessions", headers, body, "sessions", number(request), pages,
                   link("/subject", key) + "&")], [("Subjects", "/subjects")])
 
@@ -139,7 +139,7 @@ def create_app(token: str | None = None, database: LabDatabase | None = None):
                          cell(", ".join(p["model_name"] for p in poses))])
         subject_key = {k: key[k] for k in db.subject.primary_key} if db.subject is not None else {}
         return page(request, "Session " + ", ".join(f"{k}={v}" for k, v in key.items()), [
-            {"kind": "facts", "pairs": list((db.session & key).fetch1().items())},
+            {"kind": "facts", "pairs": list((db.plain(db.session) & key).fetch1().items())},
             table("Recordings", ["recording", "camera", "frames", "fps", "size", "pose results"], body,
                   "recordings")],
             [("Subjects", "/subjects"), (str(list(subject_key.values())[0]) if subject_key else "",
