@@ -214,7 +214,8 @@ def write_labeled_video(
     video_paths : path or sequence of paths
         The recording; several files are decoded one after the other, as one recording.
     pose : np.ndarray
-        (F, K, 3) ``[x, y, likelihood]`` for the F decoded frames of the recording.
+        (F, K, 3) ``[x, y, likelihood]`` for the F decoded frames of the recording, or
+        (F, I, K, 3) for several animals: each animal (track) is drawn in its own colour.
     bodyparts : sequence of str
         K body part names (colour by index, see :func:`bodypart_colors`).
     out_path : str or Path
@@ -250,11 +251,15 @@ def write_labeled_video(
         raise ValueError(f"out_path={str(out_path)!r} must end in .mp4 (H.264 is written to MP4).")
     pose = np.asarray(pose, dtype=np.float64)
     bodyparts = list(bodyparts)
-    if pose.ndim != 3 or pose.shape[2] != 3:
-        raise ValueError(f"pose must have shape (frames, body parts, 3) = [x, y, likelihood], got {pose.shape}.")
-    if pose.shape[1] != len(bodyparts):
-        raise ValueError(f"pose has {pose.shape[1]} body parts but bodyparts names {len(bodyparts)}: {bodyparts}.")
-    colors = bodypart_colors(bodyparts, colormap)
+    if pose.ndim not in (3, 4) or pose.shape[-1] != 3:
+        raise ValueError(f"pose must have shape (frames, body parts, 3) = [x, y, likelihood], or "
+                         f"(frames, animals, body parts, 3); got {pose.shape}.")
+    if pose.shape[-2] != len(bodyparts):
+        raise ValueError(f"pose has {pose.shape[-2]} body parts but bodyparts names {len(bodyparts)}: {bodyparts}.")
+    if pose.ndim == 3:
+        colors = bodypart_colors(bodyparts, colormap)
+    else:  # one colour per animal, for its parts and its skeleton
+        animal_colors = bodypart_colors(pose.shape[1], "tab10" if pose.shape[1] <= 10 else colormap)
     edges = _skeleton_indices(skeleton, bodyparts, len(bodyparts))
 
     infos = [probe_video(p, progress=progress) for p in paths]
@@ -286,8 +291,17 @@ def write_labeled_video(
             for frame in iter_frames(path):
                 if index >= n_frames:
                     raise VideoError(f"{path} decoded more frames than when it was probed; the file changed.")
-                labeled = draw_pose(frame, pose[index], colors, pcutoff=pcutoff, skeleton=edges,
-                                    dot_radius=dot_radius, hide_below_cutoff=hide_below_cutoff)
+                if pose.ndim == 3:
+                    labeled = draw_pose(frame, pose[index], colors, pcutoff=pcutoff,
+                                        skeleton=edges, dot_radius=dot_radius,
+                                        hide_below_cutoff=hide_below_cutoff)
+                else:
+                    labeled = frame
+                    for i, color in enumerate(animal_colors):
+                        labeled = draw_pose(labeled, pose[index, i], [color] * len(bodyparts),
+                                            pcutoff=pcutoff, skeleton=edges,
+                                            dot_radius=dot_radius, skeleton_color=color,
+                                            hide_below_cutoff=hide_below_cutoff)
                 writer.send(np.ascontiguousarray(labeled))
                 index += 1
                 bar.update(1)

@@ -224,6 +224,15 @@ class Model(dj.Manual):
         -> train.ModelTraining
         """
 
+    class Individual(dj.Part):
+        definition = """
+        # the individuals of a multi-animal model (none for a single-animal one)
+        -> master
+        individual: varchar(32)
+        ---
+        individual_index: int16       # order of the names (identity output channel)
+        """
+
     @classmethod
     def from_training(cls, training_key: dict, name: str, description: str = "") -> dict:
         """Register the model trained by a ``train.ModelTraining`` row under ``name``."""
@@ -243,7 +252,7 @@ class Model(dj.Manual):
 
     @classmethod
     def _register(cls, path: Path, name: str, description: str, provenance: dict | None) -> dict:
-        from .engine.predict import load_model
+        from .engine.multianimal import MultiAnimalModel, load_any_model
 
         train._check_name(name, "name")
         sha = sha256_file(path)
@@ -256,27 +265,35 @@ class Model(dj.Manual):
                 "Register the new weights under a new name."
             )
         try:
-            net = load_model(path, device="cpu")
+            net = load_any_model(path, device="cpu")
         except Exception as error:
             raise ValueError(f"{path} is not a checkpoint of the bundled engine: {error}") from error
         bodyparts = list(net.bodyparts)
+        multi = isinstance(net, MultiAnimalModel)
+        individuals = net.individuals if multi else []
         with cls.connection.transaction:
             train.BodyPart.insert(({"body_part": b} for b in bodyparts), skip_duplicates=True)
             cls.insert1({**key, "model_description": description, "weights": str(path),
-                         "weights_sha256": sha, "config": net.config.to_dict(),
+                         "weights_sha256": sha,
+                         "config": net.config_dict if multi else net.config.to_dict(),
                          "bodyparts_sha256": train.bodyparts_sha256(bodyparts),
                          "scorer": f"element-pose_{name}"})
             cls.BodyPart.insert({**key, "body_part": b, "part_index": i} for i, b in enumerate(bodyparts))
+            cls.Individual.insert({**key, "individual": n, "individual_index": i}
+                                  for i, n in enumerate(individuals))
             if provenance:
                 cls.Training.insert1({**key, **provenance})
         return key
 
     @classmethod
     def from_external(cls, name: str, tool: str, bodyparts: Sequence[str], scorer: str = "",
-                      version: str = "", description: str = "") -> dict:
+                      version: str = "", description: str = "",
+                      individuals: Sequence[str] = ()) -> dict:
         """Register another tool's model, whose outputs are then loaded with provenance.
 
-        Registering the same provenance under the same name again is a no-op.
+        ``individuals``: the animal names of a multi-animal tool's outputs (DeepLabCut's
+        individuals, SLEAP's tracks); a loaded file must have the same ones. Registering the
+        same provenance under the same name again is a no-op.
         """
         train._check_name(name, "name")
         check_name(tool, "tool", 32)
@@ -284,6 +301,7 @@ class Model(dj.Manual):
             raise ValueError("Models of the bundled engine are registered with from_training or "
                              "from_checkpoint.")
         parts = check_names(list(bodyparts), "body part", 64)
+        individuals = check_names(list(individuals), "individual", 32) if individuals else []
         key = {"model_name": name}
         row = {**key, "model_description": description, "scorer": (scorer or name)[:96],
                "bodyparts_sha256": train.bodyparts_sha256(parts), "source_tool": tool,
@@ -291,7 +309,8 @@ class Model(dj.Manual):
         if cls & key:
             old = (cls & key).fetch1()
             if any(old[k] != row[k] for k in ("scorer", "bodyparts_sha256", "source_tool",
-                                             "source_tool_version")):
+                                             "source_tool_version")) \
+                    or cls.individuals(key) != individuals:
                 raise ValueError(f"Model {name!r} already exists with another provenance "
                                  f"({old['source_tool']} {old['scorer']!r}); models are "
                                  "immutable. Use a new name.")
@@ -300,6 +319,8 @@ class Model(dj.Manual):
             train.BodyPart.insert(({"body_part": b} for b in parts), skip_duplicates=True)
             cls.insert1(row)
             cls.BodyPart.insert({**key, "body_part": b, "part_index": i} for i, b in enumerate(parts))
+            cls.Individual.insert({**key, "individual": n, "individual_index": i}
+                                  for i, n in enumerate(individuals))
         return key
 
     @classmethod
@@ -311,7 +332,8 @@ class Model(dj.Manual):
 
         out = read_pose_output(to_full(path, _root_dirs))
         return cls.from_external(name, out.tool, out.bodyparts, scorer=out.scorer,
-                                 version=version or out.version, description=description)
+                                 version=version or out.version, description=description,
+                                 individuals=out.individuals)
 
     @classmethod
     def is_external(cls, key: dict) -> bool:
@@ -350,6 +372,17 @@ class Model(dj.Manual):
         return [r["body_part"] for r in (cls.BodyPart & key).to_dicts(order_by="part_index")]
 
     @classmethod
+    def individuals(cls, key: dict) -> list[str]:
+        """The individuals of a multi-animal model in order ([] for a single-animal one)."""
+        return [r["individual"] for r in
+                (cls.Individual & key).to_dicts(order_by="individual_index")]
+
+    @classmethod
+    def is_multianimal(cls, key: dict) -> bool:
+        """True for a model that finds several animals per frame."""
+        return bool(cls.Individual & {"model_name": cls._one(key)})
+
+    @classmethod
     def skeleton(cls, key: dict) -> list[tuple[str, str]]:
         """Skeleton edges of the dataset the model was trained on ([] when unknown)."""
         source = train.LabeledDataset & (train.DataSplit & (cls.Training & key))
@@ -359,15 +392,16 @@ class Model(dj.Manual):
 
     @classmethod
     def load(cls, key: dict, device: str = "auto"):
-        """The engine's ``PoseModel`` for a stored model, its weights hash verified."""
-        from .engine.predict import load_model
+        """The engine's ``PoseModel`` (or ``MultiAnimalModel``) for a stored model, its
+        weights hash verified."""
+        from .engine.multianimal import load_any_model
 
         if cls.is_external(key):
             row = (cls & key).fetch1()
             raise ValueError(f"Model {row['model_name']!r} is an external {row['source_tool']} "
                              "model without weights: load its outputs (PoseEstimationTask.add("
                              "..., mode='load', output_path=...)) instead of running it.")
-        return load_model(train.fetch_weights(cls, key), device=device)
+        return load_any_model(train.fetch_weights(cls, key), device=device)
 
 
 @schema
@@ -427,18 +461,37 @@ class ModelEvaluation(RecoverJobs, dj.Computed):
         -> train.DataSplit.Frame
         ---
         error_px=null: float64        # mean over visible labels
-        prediction: <blob>            # (bodyparts, 3): x, y, confidence
+        prediction: <blob>            # (bodyparts, 3): x, y, confidence; (animals, bodyparts, 3) multi-animal
+        """
+
+    class MultiAnimal(dj.Part):
+        definition = """
+        # detection and identity figures of a multi-animal model on the test frames
+        -> master
+        ---
+        map_oks=null: float64         # mAP over OKS 0.50:0.95 (scale: area of the labels' box, kappa 0.1)
+        missed: int32                 # labeled animals without a matched prediction
+        spurious: int32               # predicted animals without a labeled one
+        labeled_animals: int32
+        frames_missed_or_spurious=null: float64  # fraction of test frames with either
+        identity_accuracy=null: float64  # matched animals named right (identity models)
         """
 
     @property
     def key_source(self):
-        # Only pairs whose body parts match: a model cannot be scored on other keypoints.
-        # Single-animal datasets only, like the engine.
-        single = train.LabeledDataset - (train.LabeledDataset.Individual & "individual_index > 0")
+        # Only pairs whose body parts match (a model cannot be scored on other keypoints) and
+        # whose number of animals match: single-animal models on single-animal datasets,
+        # multi-animal models on multi-animal datasets.
+        multi_data = train.LabeledDataset & (train.LabeledDataset.Individual & "individual_index > 0")
+        single_data = train.LabeledDataset - multi_data.proj()
         engine = Model & {"source_tool": "element-pose"}  # external models cannot be run
+        multi_models = engine & Model.Individual
+        single_models = engine - Model.Individual
         pairs = (engine.proj(model_bp="bodyparts_sha256") * train.DataSplit.proj()
-                 * single.proj(data_bp="bodyparts_sha256"))
-        return (pairs & "model_bp = data_bp").proj()
+                 * train.LabeledDataset.proj(data_bp="bodyparts_sha256"))
+        return ((pairs & "model_bp = data_bp")
+                - (multi_models.proj() * single_data.proj())
+                - (single_models.proj() * multi_data.proj())).proj()
 
     def make_fetch(self, key: dict) -> tuple:
         dataset = (train.LabeledDataset & key).fetch1("content_sha256")
@@ -458,6 +511,8 @@ class ModelEvaluation(RecoverJobs, dj.Computed):
         net = Model.load(key)
         pcutoff = float((Model & key).fetch1("config").get("pcutoff", DEFAULT_PCUTOFF))
         order = [data_parts.index(p) for p in parts]
+        if Model.is_multianimal(key):
+            return self._compute_multianimal(key, net, pcutoff, parts, order)
         results, frames = {}, []
         for subset in ("train", "test"):
             ids = train.DataSplit.frame_ids(key, subset)
@@ -466,6 +521,40 @@ class ModelEvaluation(RecoverJobs, dj.Computed):
             results[subset] = evaluate(pred, truth, pcutoff=pcutoff, pck_thresholds=(5.0, 10.0))
             frames += [(frame_id, _num(results[subset]["per_frame_error_px"][i]),
                         np.asarray(pred[i], dtype=np.float32)) for i, frame_id in enumerate(ids)]
+        return pcutoff, parts, results, frames
+
+    @staticmethod
+    def _compute_multianimal(key: dict, net, pcutoff: float, parts: list[str],
+                             order: list[int]) -> tuple:
+        """Errors after optimal matching of predicted to labeled animals, detection and
+        identity figures."""
+        from .engine.metrics import evaluate_multianimal
+        from .engine.tracking import assign_identities
+
+        dataset = {"dataset": key["dataset"]}
+        data_individuals = train.LabeledDataset.individuals(dataset)
+        model_individuals = Model.individuals(key)
+        results, frames = {}, []
+        for subset in ("train", "test"):
+            ids = train.DataSplit.frame_ids(key, subset)
+            truth = train.LabeledDataset.keypoints(dataset, ids)[:, :, order]
+            found = net.predict_frames(train.LabeledDataset.images(dataset, ids, progress=True))
+            result = evaluate_multianimal(found.poses, found.scores, truth, pcutoff=pcutoff)
+            result["identity_accuracy"] = None
+            if found.identity is not None:
+                names = assign_identities(found.identity)
+                right, total = 0, 0
+                frame, slot = np.nonzero(result["matches"] >= 0)
+                for i, g in zip(frame, slot, strict=True):
+                    if data_individuals[g] in model_individuals:
+                        total += 1
+                        guess = names[i, result["matches"][i, g]]
+                        right += int(guess >= 0 and model_individuals[guess] == data_individuals[g])
+                result["identity_accuracy"] = right / total if total else None
+            results[subset] = result
+            errors = _frame_errors(found.poses, truth, result["matches"])
+            frames += [(frame_id, _num(errors[i]), np.asarray(found.poses[i], dtype=np.float32))
+                       for i, frame_id in enumerate(ids)]
         return pcutoff, parts, results, frames
 
     def make_insert(self, key: dict, pcutoff, parts, results, frames) -> None:
@@ -490,6 +579,25 @@ class ModelEvaluation(RecoverJobs, dj.Computed):
             for k, p in enumerate(parts)
         )
         self.Frame.insert({**key, "frame_id": f, "error_px": e, "prediction": p} for f, e, p in frames)
+        if "map_oks" in te:
+            self.MultiAnimal.insert1({
+                **key, "map_oks": _num(te["map_oks"]), "missed": int(te["missed"]),
+                "spurious": int(te["spurious"]), "labeled_animals": int(te["labeled_animals"]),
+                "frames_missed_or_spurious": _num(te["frames_with_missed_or_spurious"]),
+                "identity_accuracy": _num(te["identity_accuracy"])})
+
+
+def _frame_errors(poses: np.ndarray, truth: np.ndarray, matches: np.ndarray) -> np.ndarray:
+    """Mean error per frame over the matched animals' visible labels (NaN: none)."""
+    out = np.full(len(truth), np.nan)
+    for i in range(len(truth)):
+        errs = [np.linalg.norm(poses[i, p, :, :2] - truth[i, g], axis=1)
+                for g, p in enumerate(matches[i]) if p >= 0]
+        if errs:
+            values = np.concatenate(errs)
+            values = values[np.isfinite(values)]
+            out[i] = values.mean() if len(values) else np.nan
+    return out
 
 
 def _num(value) -> float | None:
@@ -519,17 +627,37 @@ class PoseEstimationTask(dj.Manual):
     @classmethod
     def add(cls, recording_key: dict, model_key: dict, mode: str = "trigger",
             output_path: str | Path | None = None, batch_size: int = 8,
-            chunk_frames: int = 2048) -> dict:
+            chunk_frames: int = 2048, max_animals: int | None = None,
+            tracker: dict | None = None) -> dict:
         """Insert a task after checking its arguments; returns its key.
 
         ``chunk_frames``: the analysis saves its output every that many frames, so a killed
-        worker's successor resumes there instead of at frame 0.
+        worker's successor resumes there instead of at frame 0 (single-animal models).
+        ``max_animals`` (multi-animal models): most animals detected per frame, if not the
+        model's own; ``tracker``: :class:`element_pose.engine.tracking.TrackerSettings`
+        values (``max_gap``, ``max_cost``, ``pose_weight``, ``pcutoff``).
         """
+        from .engine.tracking import TrackerSettings
+
         if mode not in TASK_MODES:
             raise ValueError(f"mode must be one of {TASK_MODES}, got {mode!r}.")
-        for name, value in (("batch_size", batch_size), ("chunk_frames", chunk_frames)):
+        for name, value in (("batch_size", batch_size), ("chunk_frames", chunk_frames),
+                            ("max_animals", 1 if max_animals is None else max_animals)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise TypeError(f"{name} must be a positive int, got {value!r}.")
+        if (max_animals or tracker) and not Model.is_multianimal(model_key):
+            raise ValueError(
+                f"Model {(Model & model_key).fetch1('model_name')!r} is a single-animal model: "
+                "it finds one animal per frame, so max_animals and tracker do not apply. Train "
+                "a multi-animal model on a dataset labeled with several individuals.")
+        if tracker is not None:
+            if not isinstance(tracker, dict):
+                raise TypeError(f"tracker must be a dict, got {type(tracker).__name__}.")
+            try:
+                TrackerSettings(**tracker)
+            except TypeError as error:
+                raise ValueError(f"tracker: {error}; valid keys are max_gap, max_cost, "
+                                 "pose_weight, pcutoff.") from None
         if not RecordingInfo & recording_key:
             raise ValueError(f"No RecordingInfo for {recording_key}; run RecordingInfo.populate() first.")
         relative = ""
@@ -544,9 +672,13 @@ class PoseEstimationTask(dj.Manual):
         if len(recordings) != 1:
             raise ValueError(f"{recording_key} matches {len(recordings)} recordings; give exactly one.")
         key = {**recordings[0], "model_name": (Model & model_key).fetch1("model_name")}
-        params = {"batch_size": batch_size}
+        params: dict = {"batch_size": batch_size}
         if chunk_frames != 2048:
             params["chunk_frames"] = chunk_frames
+        if max_animals is not None:
+            params["max_animals"] = max_animals
+        if tracker:
+            params["tracker"] = tracker
         row = {**key, "task_mode": mode, "output_path": relative, "inference_params": params}
         if cls & key:
             existing = (cls & key).fetch1()
@@ -582,6 +714,30 @@ class PoseEstimation(RecoverJobs, dj.Computed):
         likelihood: <npy@main>        # 0..1
         """
 
+    class Individual(dj.Part):
+        definition = """
+        # an animal of a multi-animal pose estimation: a named individual or a track
+        -> master
+        individual: varchar(32)       # the name (identity output, loaded file) or track<N>
+        ---
+        individual_index: int16
+        identity_source: varchar(8)   # identity | track | file
+        frames_present: int32         # frames where at least one body part was found
+        first_frame=null: int32
+        last_frame=null: int32
+        """
+
+    class IndividualPosition(dj.Part):
+        definition = """
+        # one body part of one animal of a multi-animal pose estimation
+        -> PoseEstimation.Individual
+        -> Model.BodyPart
+        ---
+        x: <npy@main>                 # pixels, one per frame (NaN = not found)
+        y: <npy@main>
+        likelihood: <npy@main>
+        """
+
     def make_fetch(self, key: dict) -> tuple:
         task = (PoseEstimationTask & key).fetch1()
         files = tuple(r["file_path"] for r in (VideoRecording.File & key).to_dicts(order_by="file_id"))
@@ -597,6 +753,16 @@ class PoseEstimation(RecoverJobs, dj.Computed):
             path = to_full(output_path, _root_dirs)
             out = read_pose_output(path, frame_count)
             pose, file_parts = out.pose, out.bodyparts
+            expected = Model.individuals(key)
+            if out.individuals and not expected:
+                raise ValueError(
+                    f"{path} holds {len(out.individuals)} animals ({out.individuals}) but model "
+                    f"{key['model_name']!r} is single-animal. Register the file's own model "
+                    f"(Model.from_output_file({str(path)!r}, name)) and load it with that.")
+            if expected and set(out.individuals) != set(expected):
+                raise ValueError(
+                    f"{path} has individuals {out.individuals or 'none (one animal)'} but model "
+                    f"{key['model_name']!r} expects {expected}; it is another tool run's output.")
             if set(file_parts) != set(bodyparts):
                 raise ValueError(f"{path} has body parts {file_parts}; model {key['model_name']} "
                                  f"has {list(bodyparts)}. Load it with a model of the same parts.")
@@ -611,8 +777,11 @@ class PoseEstimation(RecoverJobs, dj.Computed):
                     f"{key['model_name']!r} is {model_row['source_tool']} scorer "
                     f"{model_row['scorer']!r}. Register its own model: "
                     f"Model.from_output_file({str(path)!r}, name).")
-            pose = pose[:, [file_parts.index(p) for p in bodyparts]]
-            return pose, 0.0, None, "file"
+            order = [file_parts.index(p) for p in bodyparts]
+            if expected:
+                pose = pose[:, [out.individuals.index(n) for n in expected]][:, :, order]
+                return pose, 0.0, None, "file", expected, "file"
+            return pose[:, order], 0.0, None, "file"
         if mode != "trigger":
             raise ValueError(f"Unknown task_mode {mode!r}; use one of {TASK_MODES}.")
         if Model.is_external(key):
@@ -620,6 +789,8 @@ class PoseEstimation(RecoverJobs, dj.Computed):
                              "its task must use mode='load' with the tool's output file.")
         paths = [to_full(f, _root_dirs) for f in files]
         net = Model.load(key)
+        if Model.is_multianimal(key):
+            return self._analyse_multianimal(key, net, paths, params, frame_count)
         started = time.perf_counter()
         pose, stats = net.predict_video(paths, batch_size=int(params.get("batch_size", 8)),
                                         progress=True, resume_dir=self._resume_dir(key),
@@ -630,14 +801,55 @@ class PoseEstimation(RecoverJobs, dj.Computed):
                              "the video files changed since RecordingInfo was populated.")
         return np.asarray(pose, dtype=np.float64), seconds, float(stats.get("fps", len(pose) / seconds)), net.device
 
-    def make_insert(self, key, pose, seconds, fps, device) -> None:
+    @staticmethod
+    def _analyse_multianimal(key: dict, net, paths: list[Path], params: dict,
+                             frame_count: int) -> tuple:
+        """Detect, track and (with an identity output) name the animals of a recording."""
+        from .engine.multianimal import MultiAnimalConfig
+        from .engine.tracking import (
+            TrackerSettings,
+            assign_identities,
+            by_identity,
+            by_track,
+            track,
+        )
+
+        if params.get("max_animals"):
+            net.settings = MultiAnimalConfig.from_dict(
+                {**net.settings.to_dict(), "max_animals": int(params["max_animals"])})
+        started = time.perf_counter()
+        found, stats = net.predict_video(paths, batch_size=int(params.get("batch_size", 8)),
+                                         progress=True)
+        if len(found.poses) != frame_count:
+            raise ValueError(f"Decoded {len(found.poses)} frames but RecordingInfo says "
+                             f"{frame_count}; the video files changed since RecordingInfo was "
+                             "populated.")
+        ids = track(found.poses, TrackerSettings(**params.get("tracker", {})))
+        if found.identity is not None:
+            individuals = Model.individuals(key)
+            pose = by_identity(found.poses, assign_identities(found.identity, ids),
+                               len(individuals))
+            source = "identity"
+        else:
+            pose = by_track(found.poses, ids)
+            individuals, source = [f"track{t}" for t in range(pose.shape[1])], "track"
+        seconds = time.perf_counter() - started
+        return (np.asarray(pose, dtype=np.float64), seconds, float(stats["fps"]), net.device,
+                individuals, source)
+
+    def make_insert(self, key, pose, seconds, fps, device, individuals=None,
+                    source=None) -> None:
         self.insert1({**key, "pose_frame_count": len(pose), "analysis_seconds": seconds,
                       "frames_per_second": fps, "analysis_device": str(device)[:32]})
-        self.BodyPartPosition.insert(
-            {**key, "body_part": part, "x": pose[:, k, 0].copy(), "y": pose[:, k, 1].copy(),
-             "likelihood": pose[:, k, 2].copy()}
-            for k, part in enumerate(Model.bodyparts(key))
-        )
+        parts = Model.bodyparts(key)
+        if individuals is None:
+            self.BodyPartPosition.insert(
+                {**key, "body_part": part, "x": pose[:, k, 0].copy(), "y": pose[:, k, 1].copy(),
+                 "likelihood": pose[:, k, 2].copy()}
+                for k, part in enumerate(parts)
+            )
+        else:
+            _insert_individuals(self, key, pose, parts, individuals, source)
         # The checkpointed output of the analysis is in the rows now (removed at commit time
         # would be better, but a leftover folder is only disk space: the next run of this key
         # finds the rows and never reads it).
@@ -662,15 +874,57 @@ class PoseEstimation(RecoverJobs, dj.Computed):
         return keys[0]
 
     @classmethod
-    def pose_array(cls, key: dict) -> tuple[np.ndarray, list[str]]:
-        """(frames, bodyparts, 3) array and body-part names of one pose estimation."""
-        return _pose_from_parts(cls.BodyPartPosition, cls._one_key(key))
+    def pose_array(cls, key: dict, individual: str | None = None) -> tuple[np.ndarray, list[str]]:
+        """(frames, bodyparts, 3) array and body-part names of one pose estimation.
+
+        For several animals, ``individual`` picks one (see :meth:`individuals`); all of them
+        together come from :meth:`multi_pose_array`.
+        """
+        key = cls._one_key(key)
+        if individual is None and cls.Individual & key:
+            raise ValueError(
+                f"{key} tracked several animals ({', '.join(cls.individuals(key))}): use "
+                "multi_pose_array(key) for all, or pose_array(key, individual=<name>).")
+        if individual is not None:
+            pose, parts, names = cls.multi_pose_array(key)
+            if individual not in names:
+                raise ValueError(f"No individual {individual!r} in {key}; it has {names}.")
+            return pose[:, names.index(individual)], parts
+        return _pose_from_parts(cls.BodyPartPosition, key)
+
+    @classmethod
+    def individuals(cls, key: dict) -> list[str]:
+        """The animals of one pose estimation in order ([] when it has one animal)."""
+        return [r["individual"] for r in
+                (cls.Individual & cls._one_key(key)).to_dicts(order_by="individual_index")]
+
+    @classmethod
+    def multi_pose_array(cls, key: dict) -> tuple[np.ndarray, list[str], list[str]]:
+        """(frames, individuals, bodyparts, 3) array, body parts and individuals; a
+        single-animal row gives one individual, ``"animal0"``."""
+        key = cls._one_key(key)
+        if not cls.Individual & key:
+            pose, parts = _pose_from_parts(cls.BodyPartPosition, key)
+            return pose[:, None], parts, ["animal0"]
+        return _multi_pose_from_parts(cls.IndividualPosition, key, cls.individuals(key))
+
+    @classmethod
+    def pose_data(cls, key: dict) -> tuple[np.ndarray, list[str], list[str] | None]:
+        """(F, K, 3) pose, parts and None for one animal; (F, I, K, 3), parts, individuals
+        for several."""
+        key = cls._one_key(key)
+        if cls.Individual & key:
+            return cls.multi_pose_array(key)
+        return (*_pose_from_parts(cls.BodyPartPosition, key), None)
 
     @classmethod
     def get_trajectory(cls, key: dict, body_parts: Sequence[str] | None = None,
-                       index: str = "frame") -> pd.DataFrame:
+                       index: str = "frame", individuals: Sequence[str] | None = None
+                       ) -> pd.DataFrame:
         """Trajectories in DeepLabCut's layout: columns scorer / bodyparts / coords (x, y,
-        likelihood) and nothing else, so DeepLabCut and movement read it as it is.
+        likelihood) and nothing else, so DeepLabCut and movement read it as it is. With
+        several animals: DeepLabCut's multi-animal layout, scorer / individuals / bodyparts /
+        coords (``individuals`` picks some).
 
         ``index="frame"`` (default) numbers the rows by frame; ``index="time"`` labels them
         with the frame times in seconds (``RecordingInfo.timestamps``, also given by
@@ -679,12 +933,20 @@ class PoseEstimation(RecoverJobs, dj.Computed):
         from .io.dlc import pose_to_dataframe
 
         key = cls._one_key(key)
-        pose, parts = cls.pose_array(key)
+        pose, parts, names = cls.pose_data(key)
+        if individuals is not None:
+            if names is None:
+                raise ValueError(f"{key} has one animal; leave individuals out.")
+            unknown = sorted(set(individuals) - set(names))
+            if unknown:
+                raise ValueError(f"Unknown individuals {unknown}; this pose has {names}.")
+            pose = pose[:, [names.index(n) for n in individuals]]
+            names = list(individuals)
         if body_parts is not None:
             unknown = sorted(set(body_parts) - set(parts))
             if unknown:
                 raise ValueError(f"Unknown body parts {unknown}; this model has {parts}.")
-            pose = pose[:, [parts.index(p) for p in body_parts]]
+            pose = pose[..., [parts.index(p) for p in body_parts], :]
             parts = list(body_parts)
         scorer = (Model & key).fetch1("scorer")
         if index == "frame":
@@ -693,7 +955,7 @@ class PoseEstimation(RecoverJobs, dj.Computed):
             rows = pd.Index(cls.get_timestamps(key), name="time")
         else:
             raise ValueError(f"index must be 'frame' or 'time', got {index!r}.")
-        return pose_to_dataframe(pose, parts, scorer, index=rows)
+        return pose_to_dataframe(pose, parts, scorer, index=rows, individuals=names)
 
     @classmethod
     def get_timestamps(cls, key: dict) -> np.ndarray:
@@ -702,14 +964,16 @@ class PoseEstimation(RecoverJobs, dj.Computed):
 
     @classmethod
     def export_dlc(cls, key: dict, path: str | Path) -> tuple[Path, Path]:
-        """Write DeepLabCut-format ``.h5`` (key ``df_with_missing``) and ``.csv`` files."""
+        """Write DeepLabCut-format ``.h5`` (key ``df_with_missing``) and ``.csv`` files (the
+        multi-animal layout for several animals)."""
         from .io.dlc import write_dlc_output
 
         key = cls._one_key(key)
-        pose, parts = cls.pose_array(key)
+        pose, parts, names = cls.pose_data(key)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return write_dlc_output(path, pose, parts, (Model & key).fetch1("scorer"))
+        return write_dlc_output(path, pose, parts, (Model & key).fetch1("scorer"),
+                                individuals=names)
 
 # --- derived outputs: filtering, labeled videos, NWB ----------------------------------------
 
@@ -762,29 +1026,66 @@ class FilteredPose(RecoverJobs, dj.Computed):
         likelihood: <npy@main>
         """
 
+    class IndividualPosition(dj.Part):
+        definition = """
+        # one body part of one animal, filtered (multi-animal pose: each track on its own)
+        -> master
+        -> PoseEstimation.Individual
+        -> Model.BodyPart
+        ---
+        x: <npy@main>
+        y: <npy@main>
+        likelihood: <npy@main>
+        """
+
     def make(self, key: dict) -> None:
         from .filtering import filter_pose
 
-        pose, parts = PoseEstimation.pose_array(key)
+        pose, parts, names = PoseEstimation.pose_data(key)
         params = (PoseFilterParamSet & key).fetch1("params")
-        filtered = filter_pose(pose, params)
+        if names is None:
+            filtered = filter_pose(pose, params)
+        else:  # each animal's track on its own
+            filtered = np.stack([filter_pose(pose[:, i], params) for i in range(len(names))],
+                                axis=1)
         raw_valid = np.isfinite(pose[..., 0])
         new_valid = np.isfinite(filtered[..., 0])
         self.insert1({**key, "frames_removed": int((raw_valid & ~new_valid).sum()),
                       "frames_filled": int((~raw_valid & new_valid).sum())})
-        self.BodyPartPosition.insert(
-            {**key, "body_part": p, "x": filtered[:, k, 0].copy(), "y": filtered[:, k, 1].copy(),
-             "likelihood": filtered[:, k, 2].copy()}
-            for k, p in enumerate(parts)
-        )
+        if names is None:
+            self.BodyPartPosition.insert(
+                {**key, "body_part": p, "x": filtered[:, k, 0].copy(),
+                 "y": filtered[:, k, 1].copy(), "likelihood": filtered[:, k, 2].copy()}
+                for k, p in enumerate(parts))
+        else:
+            self.IndividualPosition.insert(
+                {**key, "individual": n, "body_part": p, "x": filtered[:, i, k, 0].copy(),
+                 "y": filtered[:, i, k, 1].copy(), "likelihood": filtered[:, i, k, 2].copy()}
+                for i, n in enumerate(names) for k, p in enumerate(parts))
+
+    @classmethod
+    def _one_key(cls, key: dict) -> dict:
+        keys = (cls & key).keys()
+        if len(keys) != 1:
+            raise ValueError(f"Expected one FilteredPose row, found {len(keys)}; restrict the key.")
+        return keys[0]
 
     @classmethod
     def pose_array(cls, key: dict) -> tuple[np.ndarray, list[str]]:
         """(frames, bodyparts, 3) filtered array and body-part names of one row."""
-        keys = (cls & key).keys()
-        if len(keys) != 1:
-            raise ValueError(f"Expected one FilteredPose row, found {len(keys)}; restrict the key.")
-        return _pose_from_parts(cls.BodyPartPosition, keys[0])
+        key = cls._one_key(key)
+        if cls.IndividualPosition & key:
+            raise ValueError(f"{key} holds several animals: use FilteredPose.pose_data(key).")
+        return _pose_from_parts(cls.BodyPartPosition, key)
+
+    @classmethod
+    def pose_data(cls, key: dict) -> tuple[np.ndarray, list[str], list[str] | None]:
+        """Like :meth:`PoseEstimation.pose_data`, filtered."""
+        key = cls._one_key(key)
+        if cls.IndividualPosition & key:
+            return _multi_pose_from_parts(cls.IndividualPosition, key,
+                                          PoseEstimation.individuals(key))
+        return (*_pose_from_parts(cls.BodyPartPosition, key), None)
 
 
 def _pose_from_parts(part: dj.Table, key: dict) -> tuple[np.ndarray, list[str]]:
@@ -793,6 +1094,33 @@ def _pose_from_parts(part: dj.Table, key: dict) -> tuple[np.ndarray, list[str]]:
     pose = np.stack([np.stack([np.asarray(rows[p][c], dtype=np.float64) for c in ("x", "y", "likelihood")],
                               axis=-1) for p in parts], axis=1)
     return pose, parts
+
+
+def _multi_pose_from_parts(part: dj.Table, key: dict, individuals: list[str]
+                           ) -> tuple[np.ndarray, list[str], list[str]]:
+    parts = Model.bodyparts(key)
+    rows = {(r["individual"], r["body_part"]): r for r in (part & key).to_dicts()}
+    pose = np.stack([np.stack([np.stack([np.asarray(rows[(n, p)][c], dtype=np.float64)
+                                         for c in ("x", "y", "likelihood")], axis=-1)
+                               for p in parts], axis=1) for n in individuals], axis=1)
+    return pose, parts, individuals
+
+
+def _insert_individuals(table: PoseEstimation, key: dict, pose: np.ndarray, parts: list[str],
+                        individuals: list[str], source: str) -> None:
+    """The Individual and IndividualPosition rows of a multi-animal pose (F, I, K, 3)."""
+    rows = []
+    for i, name in enumerate(individuals):
+        seen = np.flatnonzero(np.isfinite(pose[:, i, :, 0]).any(axis=1))
+        rows.append({**key, "individual": name, "individual_index": i,
+                     "identity_source": source, "frames_present": int(len(seen)),
+                     "first_frame": int(seen[0]) if len(seen) else None,
+                     "last_frame": int(seen[-1]) if len(seen) else None})
+    table.Individual.insert(rows)
+    table.IndividualPosition.insert(
+        {**key, "individual": n, "body_part": p, "x": pose[:, i, k, 0].copy(),
+         "y": pose[:, i, k, 1].copy(), "likelihood": pose[:, i, k, 2].copy()}
+        for i, n in enumerate(individuals) for k, p in enumerate(parts))
 
 
 @schema
@@ -829,12 +1157,12 @@ class LabeledVideo(RecoverJobs, dj.Computed):
         files = tuple(r["file_path"] for r in (VideoRecording.File & key).to_dicts(order_by="file_id"))
         filter_id = task["filter_paramset_id"]
         if filter_id is None:
-            pose, parts = PoseEstimation.pose_array(key)
+            pose, parts, _ = PoseEstimation.pose_data(key)
         else:
             filtered = {**PoseEstimation._one_key(key), "filter_paramset_id": filter_id}
             if not FilteredPose & filtered:
                 raise ValueError(f"No FilteredPose for {filtered}; run FilteredPose.populate() first.")
-            pose, parts = FilteredPose.pose_array(filtered)
+            pose, parts, _ = FilteredPose.pose_data(filtered)
         skeleton = tuple(tuple(e) for e in Model.skeleton(key)) if task["draw_skeleton"] else ()
         info = (RecordingInfo & key).fetch1()
         return (filter_id, float(task["pcutoff"]), bool(task["hide_below_cutoff"]), skeleton,
@@ -851,10 +1179,10 @@ class LabeledVideo(RecoverJobs, dj.Computed):
 
         # The pose again, checked against the hash make_fetch took of it.
         if filter_id is None:
-            pose, _ = PoseEstimation.pose_array(key)
+            pose, _, _ = PoseEstimation.pose_data(key)
         else:
-            pose, _ = FilteredPose.pose_array({**PoseEstimation._one_key(key),
-                                               "filter_paramset_id": filter_id})
+            pose, _, _ = FilteredPose.pose_data({**PoseEstimation._one_key(key),
+                                                 "filter_paramset_id": filter_id})
         if sha256_bytes(np.ascontiguousarray(pose).tobytes()) != pose_sha:
             raise ValueError(f"The pose of {key} changed while its labeled video was prepared; "
                              "populate again.")
@@ -898,9 +1226,10 @@ def export_nwb(key: dict, path: str | Path, filter_paramset_id: int | None = Non
 
     key = PoseEstimation._one_key(key)
     if filter_paramset_id is None:
-        pose, parts = PoseEstimation.pose_array(key)
+        pose, parts, individuals = PoseEstimation.pose_data(key)
     else:
-        pose, parts = FilteredPose.pose_array({**key, "filter_paramset_id": filter_paramset_id})
+        pose, parts, individuals = FilteredPose.pose_data(
+            {**key, "filter_paramset_id": filter_paramset_id})
     session = (_linking_module.Session & key).fetch1()
     start = session.get("session_datetime") or datetime.now()
     if not isinstance(start, datetime):
@@ -923,6 +1252,7 @@ def export_nwb(key: dict, path: str | Path, filter_paramset_id: int | None = Non
         extra.setdefault("experiment_description", session["session_description"])
     return write(
         path, pose, parts, np.asarray(info["timestamps"]), session_start_time=start,
+        individuals=individuals,
         skeleton_edges=Model.skeleton(key), subject=fields,
         session_description=session.get("session_description") or f"element-pose {key}",
         source_software="element-pose",

@@ -71,8 +71,10 @@ def _path(n: int, width: int, height: int, rng: np.random.Generator) -> tuple[np
 
 
 def render_frame(background: np.ndarray, centre: np.ndarray, heading: float, scale: float,
-                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Draw the animal on a copy of ``background``; return (BGR frame, keypoints (4, 2))."""
+                 rng: np.random.Generator, shade: tuple[int, int, int] = (60, 58, 55)
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Draw the animal (body colour ``shade``, BGR) on a copy of ``background``; return (BGR
+    frame, keypoints (4, 2))."""
     frame = background.copy()
     fwd = np.array([np.cos(heading), np.sin(heading)])
     side = np.array([-fwd[1], fwd[0]])
@@ -83,7 +85,6 @@ def render_frame(background: np.ndarray, centre: np.ndarray, heading: float, sca
     tailbase = centre - fwd * 0.55 * scale
     tail_tip = tailbase - fwd * 0.9 * scale + side * 0.25 * scale * np.sin(heading * 3)
     angle = np.degrees(heading)
-    shade = (60, 58, 55)
     shift = 4  # sub-pixel drawing precision (1/16 px)
 
     def pt(p: np.ndarray) -> tuple[int, int]:
@@ -99,7 +100,7 @@ def render_frame(background: np.ndarray, centre: np.ndarray, heading: float, sca
     cv2.line(frame, pt(tailbase), pt(tail_tip), (120, 110, 150), max(1, int(scale * 0.07)), cv2.LINE_AA, shift)
     cv2.ellipse(frame, pt(centre), axes(body_len * 0.6, body_w * 0.5), angle, 0, 360, shade, -1, cv2.LINE_AA, shift)
     cv2.ellipse(frame, pt(head + fwd * 0.1 * scale), axes(0.38 * scale, 0.22 * scale), angle, 0, 360,
-                (70, 68, 64), -1, cv2.LINE_AA, shift)
+                tuple(min(255, c + 10) for c in shade), -1, cv2.LINE_AA, shift)
     for ear in ears:
         cv2.circle(frame, pt(ear), int(0.11 * scale * (1 << shift)), (150, 140, 190), -1, cv2.LINE_AA, shift)
     cv2.circle(frame, pt(snout), int(0.05 * scale * (1 << shift)), (170, 160, 220), -1, cv2.LINE_AA, shift)
@@ -194,6 +195,68 @@ def make_sample(out_dir: str | Path, n_frames: int = 300, n_labeled: int = 60, w
     (project / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return Sample(video_path=video_path, project_dir=project, keypoints=truth, labeled_frames=labeled,
                   fps=fps, intrusion_frames=sorted(hand))
+
+
+#: The two animals of :func:`make_pair_sample`: name, body colour (BGR), size factor.
+PAIR = (("dark", (60, 58, 55), 1.0), ("brown", (40, 90, 160), 0.85))
+
+
+@dataclass
+class PairSample:
+    """Paths and ground truth of a generated two-animal sample."""
+
+    video_path: Path
+    project_dir: Path
+    keypoints: np.ndarray  # (frames, 2, bodyparts, 2) ground truth for every video frame
+    labeled_frames: list[int]
+    individuals: list[str]
+
+
+def make_pair_sample(out_dir: str | Path, n_frames: int = 200, n_labeled: int = 60,
+                     width: int = 320, height: int = 240, fps: float = 30.0, seed: int = 0,
+                     scorer: str = "synthetic") -> PairSample:
+    """Two animals, one dark and one brown (visually distinct, named ``dark`` / ``brown``),
+    walking over the arena and crossing each other: a video and a DeepLabCut multi-animal
+    project labeling ``n_labeled`` evenly spaced frames."""
+    from .io.dlc import label_frame_name, write_dlc_project
+    from .io.labels import FrameSource, LabeledData
+
+    if n_labeled > n_frames:
+        raise ValueError(f"n_labeled ({n_labeled}) cannot exceed n_frames ({n_frames}).")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    background = _arena(width, height, rng)
+    paths = [_path(n_frames, width, height, rng) for _ in PAIR]
+    video_path = out_dir / "pair_cam.mp4"
+    writer = cv2.VideoWriter(str(video_path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    if not writer.isOpened():
+        raise OSError(f"OpenCV cannot write {video_path}.")
+    truth = np.zeros((n_frames, len(PAIR), len(BODYPARTS), 2))
+    labeled = sorted(set(np.linspace(0, n_frames - 1, n_labeled).round().astype(int).tolist()))
+    names, images = [], []
+    for i in range(n_frames):
+        frame = background
+        for a, (_, shade, size) in enumerate(PAIR):
+            centres, headings = paths[a]
+            frame, truth[i, a] = render_frame(frame, centres[i], headings[i],
+                                              0.14 * size * min(width, height), rng, shade)
+        writer.write(frame)
+        if i in labeled:
+            payload = cv2.imencode(".png", frame)[1].tobytes()
+            names.append(label_frame_name(f"img{i:04d}.png", "pair_cam", i, payload))
+            images.append(payload)
+    writer.release()
+    individuals = [name for name, _, _ in PAIR]
+    data = LabeledData(bodyparts=list(BODYPARTS), individuals=individuals,
+                       frames=[FrameSource(name=n) for n in names],
+                       keypoints=truth[labeled].copy(), scorer=scorer,
+                       skeleton=list(SKELETON))
+    project = write_dlc_project(out_dir / "dlc-project", data, images, task="pair",
+                                extra_config={"video_sets": {str(video_path): {
+                                    "crop": f"0, {width}, 0, {height}"}}})
+    return PairSample(video_path=video_path, project_dir=project, keypoints=truth,
+                      labeled_frames=labeled, individuals=individuals)
 
 
 # --- a synthetic camera rig (3D) ------------------------------------------------------------

@@ -655,13 +655,30 @@ class TrainingParamSet(dj.Lookup):
         Returns the key. The same parameters under the same id are a no-op; under another id
         they raise an error naming the id that already holds them.
         """
-        from .engine.config import EngineConfig
-
         if not isinstance(params, dict):
             raise TypeError(f"params must be a dict, got {type(params).__name__}.")
-        full = EngineConfig.from_dict(params).to_dict()
+        config, multi = split_params(params)
+        full = config.to_dict()
+        if multi is not None:
+            full["multianimal"] = multi.to_dict()
         return insert_hashed_params(cls, "paramset_id", full, paramset_id,
                                     {"paramset_description": description})
+
+
+def split_params(params: dict):
+    """Training params as (EngineConfig, MultiAnimalConfig or None), both validated.
+
+    The optional ``"multianimal"`` section holds the settings of multi-animal models
+    (:class:`element_pose.engine.multianimal.MultiAnimalConfig`); without it a multi-animal
+    dataset trains with its defaults.
+    """
+    from .engine.config import EngineConfig
+    from .engine.multianimal import MultiAnimalConfig
+
+    params = dict(params)
+    multi = params.pop("multianimal", None)
+    config = EngineConfig.from_dict(params)
+    return config, (None if multi is None else MultiAnimalConfig.from_dict(multi))
 
 
 @schema
@@ -721,27 +738,36 @@ class ModelTraining(RecoverJobs, dj.Computed):
     def make_compute(self, key, params_json, frame_ids, fingerprint) -> tuple:
         import json
 
-        from .engine.config import EngineConfig
+        from .engine.multianimal import MultiAnimalConfig, train_multianimal
         from .engine.train import train
 
         dataset = {"dataset": (DataSplit & key).fetch1("dataset")}
         keypoints = LabeledDataset.keypoints(dataset, frame_ids)
-        if keypoints.shape[1] != 1:
-            raise NotImplementedError(
-                f"Dataset {dataset['dataset']} has {keypoints.shape[1]} individuals; the bundled "
-                "engine trains single-animal models only for now."
-            )
+        config, multi = split_params(json.loads(params_json))
+        individuals = LabeledDataset.individuals(dataset)
+        init = initial_model(key)
+        if keypoints.shape[1] == 1 and multi is not None:
+            raise ValueError(
+                f"Parameter set {key['paramset_id']} has multi-animal settings but dataset "
+                f"{dataset['dataset']} labels one animal; train it with a parameter set "
+                "without the 'multianimal' section.")
+        if keypoints.shape[1] > 1 and init:
+            raise ValueError("Fine-tuning (TrainingInit) is for single-animal models; "
+                             f"dataset {dataset['dataset']} labels {keypoints.shape[1]} animals.")
         images = LabeledDataset.images(dataset, frame_ids, progress=True)
-        config = EngineConfig.from_dict(json.loads(params_json))
         # Repeat runs differ by seed; the default run 0 keeps the configured seed.
         config = config.replace(seed=config.seed + int(key["run_id"]))
         # The work folder (resumable checkpoints) is named by everything the result depends
         # on, so a re-imported dataset or a new split never resumes an old run.
         workdir = get_pose_processed_data_dir() / "training" / fingerprint[:24]
-        init = initial_model(key)
-        result = train(images, keypoints[:, 0], LabeledDataset.bodyparts(dataset), config,
-                       workdir=workdir, progress=True,
-                       init_checkpoint=init["path"]() if init else None)
+        if keypoints.shape[1] > 1:
+            result = train_multianimal(images, keypoints, LabeledDataset.bodyparts(dataset),
+                                       individuals, config, multi or MultiAnimalConfig(),
+                                       workdir, progress=True)
+        else:
+            result = train(images, keypoints[:, 0], LabeledDataset.bodyparts(dataset), config,
+                           workdir=workdir, progress=True,
+                           init_checkpoint=init["path"]() if init else None)
         report = dict(result.auto_report)
         if init:  # provenance by name, not by a local cache path
             report["initial_model"] = {**report.get("initial_model", {}),

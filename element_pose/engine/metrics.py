@@ -82,3 +82,166 @@ def evaluate(predictions: np.ndarray, ground_truth: np.ndarray, pcutoff: float =
         "absent_below_pcutoff": (float(np.mean(pred[..., 2][absent] < pcutoff))
                                  if absent.any() else float("nan")),
     }
+
+
+#: Per-part OKS falloff (COCO's kappa) used for every body part: we have no per-part
+#: labeling variability for a lab's animals, so one value, that of COCO's hips and knees.
+OKS_KAPPA = 0.1
+
+
+def match_animals(predictions: np.ndarray, ground_truth: np.ndarray,
+                  max_distance: float | None = None) -> np.ndarray:
+    """Optimal one-to-one matching of predicted to labeled animals in each frame.
+
+    The cost is the mean distance over the body parts labeled and predicted (Hungarian
+    algorithm); pairs without a shared part, or farther apart than ``max_distance``, are
+    not matched.
+
+    Parameters
+    ----------
+    predictions : np.ndarray
+        (F, P, K, 3) predicted animals (all-NaN rows: none).
+    ground_truth : np.ndarray
+        (F, M, K, 2) labeled animals (all-NaN rows: not in the frame).
+
+    Returns
+    -------
+    np.ndarray
+        (F, M) index of the prediction matched to each labeled animal, -1 for none.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    pred = np.asarray(predictions, dtype=np.float64)
+    gt = np.asarray(ground_truth, dtype=np.float64)
+    f, m = gt.shape[:2]
+    out = np.full((f, m), -1, dtype=np.int64)
+    for i in range(f):
+        d = np.linalg.norm(gt[i, :, None, :, :] - pred[i, None, :, :, :2], axis=-1)  # (M, P, K)
+        with np.errstate(invalid="ignore"):
+            cost = _nanmean(d, axis=2)
+        cost = np.asarray(cost, dtype=np.float64).reshape(m, pred.shape[1])
+        if max_distance is not None:
+            cost[cost > max_distance] = np.nan
+        if not np.isfinite(cost).any():
+            continue
+        rows, cols = linear_sum_assignment(np.where(np.isfinite(cost), cost, 1e9))
+        for r, c in zip(rows, cols, strict=True):
+            if np.isfinite(cost[r, c]):
+                out[i, r] = c
+    return out
+
+
+def oks(prediction: np.ndarray, truth: np.ndarray) -> float:
+    """Object keypoint similarity of one predicted (K, 2+) and one labeled (K, 2) animal.
+
+    The scale is the area of the box around the animal's labels (as COCO uses the segment
+    area), with :data:`OKS_KAPPA` for every part.
+    """
+    vis = np.isfinite(truth).all(axis=1)
+    if not vis.any():
+        return float("nan")
+    span = truth[vis].max(axis=0) - truth[vis].min(axis=0)
+    area = max(float(span[0] * span[1]), 1.0)
+    d2 = np.sum((prediction[vis, :2] - truth[vis]) ** 2, axis=1)
+    d2 = np.where(np.isfinite(d2), d2, np.inf)
+    return float(np.mean(np.exp(-d2 / (2 * area * OKS_KAPPA ** 2))))
+
+
+def average_precision(predictions: np.ndarray, scores: np.ndarray, ground_truth: np.ndarray,
+                      thresholds: Sequence[float] = tuple(np.arange(0.5, 0.96, 0.05))) -> float:
+    """COCO-style mAP over OKS thresholds (0.50:0.05:0.95), detections ranked by score."""
+    pred = np.asarray(predictions, dtype=np.float64)
+    f = len(pred)
+    dets = [(float(scores[i, p]), i, p) for i in range(f) for p in range(pred.shape[1])
+            if np.isfinite(pred[i, p, :, :2]).any()]
+    dets.sort(key=lambda t: -t[0])
+    n_gt = int(np.isfinite(ground_truth).all(axis=-1).any(axis=-1).sum())
+    if n_gt == 0:
+        return float("nan")
+    sims = {}
+    for i in range(f):
+        for g in range(ground_truth.shape[1]):
+            for p in range(pred.shape[1]):
+                sims[(i, g, p)] = oks(pred[i, p], ground_truth[i, g])
+    aps = []
+    for t in thresholds:
+        taken: set[tuple[int, int]] = set()
+        tp = []
+        for _, i, p in dets:
+            best, best_g = t, -1
+            for g in range(ground_truth.shape[1]):
+                s = sims[(i, g, p)]
+                if (i, g) not in taken and np.isfinite(s) and s >= best:
+                    best, best_g = s, g
+            tp.append(best_g >= 0)
+            if best_g >= 0:
+                taken.add((i, best_g))
+        tp_arr = np.asarray(tp, dtype=np.float64)
+        ctp = np.cumsum(tp_arr)
+        precision = ctp / np.arange(1, len(tp_arr) + 1)
+        recall = ctp / n_gt
+        # 101-point interpolated precision, as COCO.
+        prec = np.maximum.accumulate(precision[::-1])[::-1] if len(precision) else precision
+        points = []
+        for r in np.linspace(0, 1, 101):
+            idx = np.searchsorted(recall, r, side="left")
+            points.append(prec[idx] if idx < len(prec) else 0.0)
+        aps.append(float(np.mean(points)))
+    return float(np.mean(aps))
+
+
+def evaluate_multianimal(predictions: np.ndarray, scores: np.ndarray, ground_truth: np.ndarray,
+                         pcutoff: float = 0.6, max_distance: float | None = None) -> dict:
+    """Accuracy of several animals per frame.
+
+    Predicted animals are matched to labeled ones per frame (:func:`match_animals`); the
+    keypoint figures of :func:`evaluate` are computed on the matched pairs. Also: ``missed``
+    (labeled animals without a match), ``spurious`` (predicted animals without one),
+    ``frames_with_missed_or_spurious`` (fraction of frames), ``map_oks`` (mAP over OKS
+    0.50:0.95) and ``matches`` (F, M).
+    """
+    pred = np.asarray(predictions, dtype=np.float64)
+    gt = np.asarray(ground_truth, dtype=np.float64)
+    if pred.ndim != 4 or gt.ndim != 4 or pred.shape[2] != gt.shape[2]:
+        raise ValueError(f"predictions {pred.shape} and ground_truth {gt.shape} must be "
+                         "(frames, animals, bodyparts, 3) and (frames, animals, bodyparts, 2) "
+                         "with the same body parts.")
+    matches = match_animals(pred, gt, max_distance)
+    f, m, k = gt.shape[:3]
+    matched = np.full((f, m, k, 3), np.nan)
+    frame, slot = np.nonzero(matches >= 0)
+    matched[frame, slot] = pred[frame, matches[frame, slot]]
+    labeled = np.isfinite(gt).all(axis=-1).any(axis=-1)
+    present = np.isfinite(pred[..., :2]).all(axis=-1).any(axis=-1)
+    missed = labeled & (matches < 0)
+    used = np.zeros_like(present)
+    used[frame, matches[frame, slot]] = True
+    spurious = present & ~used
+    out = evaluate(matched[labeled & ~missed], gt[labeled & ~missed], pcutoff)
+    bad_frames = missed.any(axis=1) | spurious.any(axis=1)
+    out.update(missed=int(missed.sum()), spurious=int(spurious.sum()),
+               labeled_animals=int(labeled.sum()),
+               frames_with_missed_or_spurious=float(bad_frames.mean()) if f else float("nan"),
+               map_oks=average_precision(pred, scores, gt), matches=matches)
+    return out
+
+
+def identity_switches(assigned: np.ndarray, matches: np.ndarray) -> int:
+    """How often the track (or name) matched to a labeled animal changes over the frames.
+
+    ``assigned`` is (F, P) the track id (or individual index) of each prediction and
+    ``matches`` (F, M) the prediction matched to each labeled animal (:func:`match_animals`);
+    frames where a labeled animal is unmatched are skipped.
+    """
+    switches = 0
+    for g in range(matches.shape[1]):
+        last = None
+        for i in range(len(matches)):
+            p = matches[i, g]
+            if p < 0:
+                continue
+            current = int(assigned[i, p])
+            if last is not None and current != last:
+                switches += 1
+            last = current
+    return switches

@@ -56,6 +56,71 @@ def make_targets(keypoints: torch.Tensor, shape: tuple[int, int], stride: int, s
     return {"heatmaps": heatmaps, "offsets": offsets, "offset_mask": mask, "visible": visible}
 
 
+def merge_instances(targets: dict[str, torch.Tensor], instances: int) -> dict[str, torch.Tensor]:
+    """Targets of ``instances`` keypoints per channel merged into one map per channel.
+
+    ``targets`` is from :func:`make_targets` on (B, M * K, 2) keypoints ordered instance by
+    instance (``M`` = ``instances``). Each channel's heatmap is the maximum of its instances'
+    Gaussians (one peak per animal), and each cell's offsets point to the nearest instance.
+    """
+    if instances == 1:
+        return targets
+    heat = targets["heatmaps"]
+    b, mk, h, w = heat.shape
+    k = mk // instances
+    heat = heat.view(b, instances, k, h, w)
+    best = heat.argmax(dim=1, keepdim=True)  # (B, 1, K, H, W): the nearest visible instance
+    offsets = targets["offsets"].view(b, instances, k, 2, h, w)
+    offsets = torch.gather(offsets, 1, best[:, :, :, None].expand(b, 1, k, 2, h, w))[:, 0]
+    mask = torch.gather(targets["offset_mask"].view(b, instances, k, h, w), 1, best)[:, 0]
+    visible = targets["visible"].view(b, instances, k).any(dim=1)
+    return {"heatmaps": heat.max(dim=1).values, "offsets": offsets, "offset_mask": mask,
+            "visible": visible}
+
+
+def find_peaks(heatmaps: torch.Tensor, offsets: torch.Tensor, stride: int, max_peaks: int,
+               threshold: float, radius: int = 1) -> torch.Tensor:
+    """Every local maximum of each heatmap (several animals), refined by the offsets.
+
+    Parameters
+    ----------
+    heatmaps, offsets : torch.Tensor
+        Network outputs (B, K, H, W) logits and (B, K, 2, H, W).
+    stride : int
+        Output stride.
+    max_peaks : int
+        Peaks kept per map, strongest first.
+    threshold : float
+        Smallest confidence (sigmoid of the logit) of a peak.
+    radius : int
+        A peak is the maximum of its (2 radius + 1)-cell square neighbourhood.
+
+    Returns
+    -------
+    torch.Tensor
+        (B, K, max_peaks, 3) [x, y, confidence] in network-input pixels, strongest first;
+        NaN rows where there are fewer peaks.
+    """
+    b, k, h, w = heatmaps.shape
+    conf = torch.sigmoid(heatmaps.float())
+    pooled = torch.nn.functional.max_pool2d(conf, 2 * radius + 1, stride=1, padding=radius)
+    peaks = torch.where((conf == pooled) & (conf >= threshold), conf, torch.zeros_like(conf))
+    n = min(max_peaks, h * w)
+    value, index = peaks.reshape(b, k, h * w).topk(n, dim=-1)
+    row = torch.div(index, w, rounding_mode="floor")
+    col = index - row * w
+    off = offsets.float().reshape(b, k, 2, h * w)
+    gathered = torch.gather(off, 3, index[:, :, None, :].expand(b, k, 2, n))
+    x = col.float() * stride + (stride - 1) / 2.0 + gathered[:, :, 0] * stride
+    y = row.float() * stride + (stride - 1) / 2.0 + gathered[:, :, 1] * stride
+    out = torch.stack([x, y, value], dim=-1)
+    out[value <= 0] = float("nan")
+    if n < max_peaks:
+        pad = torch.full((b, k, max_peaks - n, 3), float("nan"), device=out.device)
+        out = torch.cat([out, pad], dim=2)
+    return out
+
+
 def decode(heatmaps: torch.Tensor, offsets: torch.Tensor, stride: int) -> torch.Tensor:
     """Peaks of heatmap logits, refined by the offsets, as (B, K, 3) [x, y, confidence].
 

@@ -33,7 +33,7 @@ from element_pose.engine.checkpoint import (
 from element_pose.engine.config import ConfigError, EngineConfig
 from element_pose.engine.data import TrainingSet, validate_training_data
 from element_pose.engine.network import build_network, load_matching_weights
-from element_pose.engine.targets import make_targets, pose_loss
+from element_pose.engine.targets import make_targets, merge_instances, pose_loss
 
 logger = logging.getLogger(__name__)
 
@@ -213,9 +213,11 @@ def train(images: Sequence[np.ndarray], keypoints: np.ndarray, bodyparts: Sequen
     images : sequence of np.ndarray
         RGB uint8 frames (H, W, 3); sizes may differ.
     keypoints : np.ndarray
-        (N, K, 2) x, y in pixels of each frame; NaN = not visible.
+        (N, K, 2) x, y in pixels of each frame; NaN = not visible. Or (N, M, K, 2): up to
+        ``M`` instances of each of the ``K`` channels per frame (several animals), each a
+        peak of its channel's heatmap; validation is then off (``validation_fraction`` 0).
     bodyparts : sequence of str
-        K body-part names, in keypoint order.
+        K body-part (channel) names, in keypoint order.
     config : EngineConfig
         Training configuration.
     workdir : str or Path
@@ -242,8 +244,21 @@ def train(images: Sequence[np.ndarray], keypoints: np.ndarray, bodyparts: Sequen
     if not isinstance(config, EngineConfig):
         raise TypeError(f"config must be an EngineConfig (use EngineConfig.from_dict), "
                         f"got {type(config).__name__}.")
-    imgs, kp = validate_training_data(images, keypoints, bodyparts)
     bodyparts = list(bodyparts)
+    kp4 = np.asarray(keypoints, dtype=np.float64)
+    instances = kp4.shape[1] if kp4.ndim == 4 else 1
+    if kp4.ndim == 4:
+        if config.validation_fraction > 0:
+            raise ConfigError("Several instances per channel: validation scores one peak per "
+                              "channel, so set validation_fraction to 0.")
+        if config.flip_pairs:
+            raise ConfigError("flip_pairs with several instances per channel is not supported.")
+        flat = kp4.reshape(len(kp4), -1, 2)
+        names = [f"{b}#{m}" for m in range(instances) for b in bodyparts]
+        imgs, flat = validate_training_data(images, flat, names)
+        kp = flat
+    else:
+        imgs, kp = validate_training_data(images, keypoints, bodyparts)
     if config.flip_pairs:
         unknown = [n for pair in config.flip_pairs for n in pair if n not in bodyparts]
         if unknown:
@@ -271,19 +286,23 @@ def train(images: Sequence[np.ndarray], keypoints: np.ndarray, bodyparts: Sequen
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     with _torch_threads(config.num_threads):
-        return _train(imgs, kp, bodyparts, config, workdir, device, progress, val, report, init)
+        return _train(imgs, kp, bodyparts, config, workdir, device, progress, val, report, init,
+                      instances)
 
 
 def _train(imgs: list[np.ndarray], kp: np.ndarray, bodyparts: list[str], config: EngineConfig,
            workdir: Path, device: torch.device, progress: bool, val: np.ndarray, report: dict,
-           init: dict | None) -> TrainResult:
+           init: dict | None, instances: int = 1) -> TrainResult:
     from element_pose.engine.metrics import evaluate
     from element_pose.engine.predict import PoseModel
 
     cfg_dict = config.to_dict()
     cfg_hash = config.sha256()
     fit = np.setdiff1d(np.arange(len(imgs)), val)
-    dataset = TrainingSet([imgs[i] for i in fit], kp[fit], bodyparts, config)
+    # Several instances per channel are trained as separate keypoints, merged in the targets.
+    names = [f"{b}#{m}" for m in range(instances) for b in bodyparts] if instances > 1 else \
+        bodyparts
+    dataset = TrainingSet([imgs[i] for i in fit], kp[fit], names, config)
     val_images, val_truth = [imgs[i] for i in val], kp[val]
     total = planned_iterations(config, len(dataset))
     every = int(config.validation_every)
@@ -398,8 +417,9 @@ def _train(imgs: list[np.ndarray], kp: np.ndarray, bodyparts: list[str], config:
             kpt = torch.from_numpy(kps).to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
                 heat, off = model(x)
-            targets = make_targets(kpt, tuple(heat.shape[-2:]), config.output_stride,
-                                   config.sigma, config.locref_radius)
+            targets = merge_instances(
+                make_targets(kpt, tuple(heat.shape[-2:]), config.output_stride, config.sigma,
+                             config.locref_radius), instances)
             loss, heat_loss, off_loss = pose_loss(heat, off, targets, config.locref_weight)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -448,7 +468,8 @@ def _train(imgs: list[np.ndarray], kp: np.ndarray, bodyparts: list[str], config:
         workdir / MODEL_FILENAME, weights, cfg_dict, bodyparts,
         extra={"iterations": iteration, "best_iteration": best_iteration,
                "train_seconds": seconds, "device": str(device),
-               "versions": library_versions(), "auto_report": report})
+               "versions": library_versions(), "auto_report": report,
+               "instances": instances})
     logger.info("Trained %d iterations in %.1f s on %s -> %s", iteration, seconds, device,
                 model_path)
     return TrainResult(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -266,22 +267,8 @@ def read_dlc_project(project_dir: str | Path) -> LabeledData:
 
 # --- pose outputs -------------------------------------------------------------------------
 
-def pose_to_dataframe(pose: np.ndarray, bodyparts: list[str], scorer: str,
-                      index: np.ndarray | None = None) -> pd.DataFrame:
-    """A (frames, bodyparts, 3) pose array as DeepLabCut's output DataFrame
-    (columns scorer / bodyparts / coords = x, y, likelihood)."""
-    pose = np.asarray(pose, dtype=float)
-    if pose.ndim != 3 or pose.shape[1:] != (len(bodyparts), 3):
-        raise ValueError(f"pose has shape {pose.shape}; expected (frames, {len(bodyparts)}, 3).")
-    columns = pd.MultiIndex.from_product(
-        [[scorer], list(bodyparts), ["x", "y", "likelihood"]], names=["scorer", "bodyparts", "coords"]
-    )
-    return pd.DataFrame(pose.reshape(len(pose), -1), columns=columns, index=index)
-
-
-def read_dlc_output(path: str | Path) -> tuple[np.ndarray, list[str], str]:
-    """Read a DeepLabCut pose output (.h5 or .csv) as (pose (frames, bodyparts, 3), bodyparts,
-    scorer). Multi-animal outputs are not supported yet."""
+def read_dlc_table(path: str | Path) -> pd.DataFrame:
+    """A DeepLabCut pose output (.h5 or .csv, single- or multi-animal) as its DataFrame."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"DeepLabCut output not found: {path}. Check the path.")
@@ -289,11 +276,26 @@ def read_dlc_output(path: str | Path) -> tuple[np.ndarray, list[str], str]:
         if path.suffix == ".h5":
             frame = read_hdf(path)
         else:
-            frame = pd.read_csv(path, header=[0, 1, 2], index_col=0)
+            with open(path) as f:
+                f.readline()
+                multi = f.readline().split(",", 1)[0].strip() == "individuals"
+            levels = 4 if multi else 3
+            frame = pd.read_csv(path, header=list(range(levels)), index_col=0)
     except UnsafeFileError:
         raise
     except Exception as error:  # pandas/pytables raise many kinds for a bad file
         raise DLCFormatError(f"Cannot read {path} as a DeepLabCut output: {error}") from error
+    if list(frame.columns.names)[-1] != "coords" and frame.columns.nlevels in (3, 4):
+        names = ["scorer", "bodyparts", "coords"] if frame.columns.nlevels == 3 else \
+            ["scorer", "individuals", "bodyparts", "coords"]
+        frame.columns = frame.columns.set_names(names)
+    return frame
+
+
+def read_dlc_output(path: str | Path) -> tuple[np.ndarray, list[str], str]:
+    """Read a single-animal DeepLabCut pose output (.h5 or .csv) as (pose (frames, bodyparts,
+    3), bodyparts, scorer). Multi-animal outputs: :func:`read_dlc_multi_output`."""
+    frame = read_dlc_table(path)
     if frame.columns.nlevels != 3 or list(frame.columns.names)[-1] != "coords":
         raise DLCFormatError(
             f"{path} is not a single-animal DeepLabCut output (expected column levels "
@@ -307,12 +309,60 @@ def read_dlc_output(path: str | Path) -> tuple[np.ndarray, list[str], str]:
     return pose, bodyparts, scorer
 
 
-def write_dlc_output(path: str | Path, pose: np.ndarray, bodyparts: list[str], scorer: str) -> tuple[Path, Path]:
+def read_dlc_multi_output(frame: pd.DataFrame, path: str | Path
+                          ) -> tuple[np.ndarray, list[str], list[str], str]:
+    """A multi-animal DeepLabCut output DataFrame (scorer / individuals / bodyparts / coords)
+    as (pose (frames, individuals, bodyparts, 3), individuals, bodyparts, scorer).
+
+    Unique body parts (DeepLabCut's ``single`` individual) are kept as an individual named
+    ``single``; parts an individual lacks are NaN.
+    """
+    if frame.columns.nlevels != 4:
+        raise DLCFormatError(f"{path} is not a multi-animal DeepLabCut output (column levels "
+                             f"{list(frame.columns.names)}).")
+    scorer = str(frame.columns.get_level_values(0)[0])
+    individuals = list(dict.fromkeys(frame.columns.get_level_values(1)))
+    bodyparts = list(dict.fromkeys(frame.columns.get_level_values(2)))
+    pose = np.full((len(frame), len(individuals), len(bodyparts), 3), np.nan)
+    data = frame[scorer]
+    for i, ind in enumerate(individuals):
+        for k, part in enumerate(bodyparts):
+            if (ind, part, "x") in data.columns:
+                pose[:, i, k] = data[ind][part][["x", "y", "likelihood"]].to_numpy(dtype=float)
+    return pose, individuals, bodyparts, scorer
+
+
+def pose_to_dataframe(pose: np.ndarray, bodyparts: list[str], scorer: str,
+                      index: np.ndarray | None = None,
+                      individuals: Sequence[str] | None = None) -> pd.DataFrame:
+    """A pose array as DeepLabCut's output DataFrame: (frames, bodyparts, 3) with columns
+    scorer / bodyparts / coords, or (frames, individuals, bodyparts, 3) with ``individuals``
+    in DeepLabCut's multi-animal layout scorer / individuals / bodyparts / coords."""
+    pose = np.asarray(pose, dtype=float)
+    if individuals is not None:
+        if pose.ndim != 4 or pose.shape[1:] != (len(individuals), len(bodyparts), 3):
+            raise ValueError(f"pose has shape {pose.shape}; expected (frames, "
+                             f"{len(individuals)}, {len(bodyparts)}, 3).")
+        columns = pd.MultiIndex.from_product(
+            [[scorer], list(individuals), list(bodyparts), ["x", "y", "likelihood"]],
+            names=["scorer", "individuals", "bodyparts", "coords"])
+        return pd.DataFrame(pose.reshape(len(pose), -1), columns=columns, index=index)
+    if pose.ndim != 3 or pose.shape[1:] != (len(bodyparts), 3):
+        raise ValueError(f"pose has shape {pose.shape}; expected (frames, {len(bodyparts)}, 3).")
+    columns = pd.MultiIndex.from_product(
+        [[scorer], list(bodyparts), ["x", "y", "likelihood"]], names=["scorer", "bodyparts", "coords"]
+    )
+    return pd.DataFrame(pose.reshape(len(pose), -1), columns=columns, index=index)
+
+
+def write_dlc_output(path: str | Path, pose: np.ndarray, bodyparts: list[str], scorer: str,
+                     individuals: Sequence[str] | None = None) -> tuple[Path, Path]:
     """Write a pose array as DeepLabCut output: ``<path>.h5`` (key ``df_with_missing``) and
-    ``<path>.csv``. Returns both paths."""
+    ``<path>.csv``; several animals (``individuals``) in the multi-animal layout. Returns
+    both paths."""
     path = Path(path)
     h5, csv_path = path.with_suffix(".h5"), path.with_suffix(".csv")
-    frame = pose_to_dataframe(pose, bodyparts, scorer)
+    frame = pose_to_dataframe(pose, bodyparts, scorer, individuals=individuals)
     write_hdf(frame, h5, key="df_with_missing")
     frame.to_csv(csv_path)
     return h5, csv_path

@@ -1,0 +1,556 @@
+"""Several animals per frame: a top-down model of two networks of the bundled engine.
+
+Why top-down (SLEAP's centroid + centred-instance design) rather than DeepLabCut's bottom-up
+part-affinity assembly:
+
+* **Assembly of touching look-alikes is learned, not solved.** The instance network sees a
+  crop centred on one animal and is trained to output *that* animal's parts only; when two
+  animals touch, which leg belongs to whom is decided from the whole crop's context instead of
+  by a graph-matching step over part-affinity fields, which is where bottom-up methods swap
+  parts between touching animals.
+* **It is cheap on a CPU.** The centroid network runs on a strongly downscaled frame (the
+  animal about 24 px long) and the instance network on small crops at full resolution, so
+  a 1024 x 1024 video with two flies costs one 260 px and two 160 px forward passes per frame
+  instead of one at full resolution; both train from random initialisation in minutes.
+* **Identity comes for free.** When the individuals are visually distinct and labeled by name
+  (``identity=True``), the instance network has one extra channel per name whose heatmap
+  peaks at the crop centre when the centred animal is that individual (a heatmap-shaped
+  classifier, trained with the same loss as the body parts); names are then assigned per
+  frame by optimal matching (:func:`element_pose.engine.tracking.assign_identities`).
+
+Both networks are :class:`~element_pose.engine.network.PoseNet` models trained by
+:func:`element_pose.engine.train.train`: the centroid network with several instances per
+channel (one peak per animal), the instance network on crops cut around each labeled animal,
+with validation, early stopping and resumable checkpoints as for one animal.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+from tqdm.auto import tqdm
+
+from element_pose.engine.augment import affine_matrix, apply_affine
+from element_pose.engine.autoconfig import ITERATION_BUDGET, REFERENCE_CROP, STRIDE_COST
+from element_pose.engine.checkpoint import FORMAT_VERSION, MODEL_KIND, atomic_save
+from element_pose.engine.config import ConfigError, EngineConfig, _build, _to_plain
+from element_pose.engine.data import validate_images
+from element_pose.engine.network import build_network
+from element_pose.engine.predict import PoseModel, iter_video_batches
+from element_pose.engine.targets import decode, find_peaks
+from element_pose.engine.train import TrainResult, library_versions, train
+
+logger = logging.getLogger(__name__)
+
+#: Wanted length (network px) of an animal on the centroid network's input.
+CENTROID_ANIMAL_PX = 24.0
+#: Prefix of the instance network's identity channels.
+IDENTITY_PREFIX = "identity:"
+
+
+@dataclass(frozen=True)
+class MultiAnimalConfig:
+    """Settings of a multi-animal model (the ``"multianimal"`` section of training params).
+
+    Attributes
+    ----------
+    max_animals : int or "auto"
+        Most animals detected per frame (``"auto"``: the most labeled in one frame).
+    identity : bool
+        Learn to tell the labeled individuals apart by their looks (they must be visually
+        distinct and labeled by name, e.g. "female" / "male"). Without it, animals are
+        anonymous and linked over time by the tracker only.
+    centroid_input_scale : float or "auto"
+        Scale of the frames for the centroid network (``"auto"``: the median animal about
+        24 px long).
+    centroid_iterations, instance_iterations : int or "auto"
+        Training length of each network (``"auto"``: 40 % and 60 % of the single-animal time
+        budget, see :mod:`element_pose.engine.autoconfig`).
+    instance_crop_size : int or "auto"
+        Side of the crop around each animal, in pixels at ``instance_input_scale``
+        (``"auto"``: 1.15 x the largest labeled animal, rounded up to 32).
+    instance_input_scale : float or "auto"
+        Scale of the frames for the instance network (``"auto"``: 1, or smaller so the
+        crop stays <= 320 px).
+    detection_threshold : float
+        Smallest centroid confidence of a detected animal.
+    min_distance : float or "auto"
+        Two detections closer than this (pixels, mean over shared parts) are one animal
+        (``"auto"``: a fifth of the median animal length).
+    """
+
+    max_animals: int | Literal["auto"] = "auto"
+    identity: bool = False
+    centroid_input_scale: float | Literal["auto"] = "auto"
+    centroid_iterations: int | Literal["auto"] = "auto"
+    instance_iterations: int | Literal["auto"] = "auto"
+    instance_crop_size: int | Literal["auto"] = "auto"
+    instance_input_scale: float | Literal["auto"] = "auto"
+    detection_threshold: float = 0.2
+    min_distance: float | Literal["auto"] = "auto"
+
+    @classmethod
+    def from_dict(cls, d: dict | None = None) -> MultiAnimalConfig:
+        """Validate a plain dict (missing keys take defaults); :class:`ConfigError` names
+        the offending key."""
+        out = _build(cls, {} if d is None else d, "multianimal.")
+        for key in ("max_animals", "centroid_iterations", "instance_iterations",
+                    "instance_crop_size"):
+            value = getattr(out, key)
+            if value != "auto" and value < 1:
+                raise ConfigError(f"Config key 'multianimal.{key}' must be >= 1, got {value}.")
+        for key in ("centroid_input_scale", "instance_input_scale", "min_distance"):
+            value = getattr(out, key)
+            if value != "auto" and not value > 0:
+                raise ConfigError(f"Config key 'multianimal.{key}' must be > 0, got {value}.")
+        if not 0 < out.detection_threshold < 1:
+            raise ConfigError("Config key 'multianimal.detection_threshold' must be within "
+                              f"(0, 1), got {out.detection_threshold}.")
+        return out
+
+    def to_dict(self) -> dict:
+        """Plain JSON types."""
+        return _to_plain(self)
+
+
+def instance_boxes(keypoints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centre (box around the visible parts) and extent (longer box side) of each instance.
+
+    ``keypoints`` is (..., K, 2); returns (..., 2) centres and (...) extents, NaN for
+    instances without a visible part.
+    """
+    kp = np.asarray(keypoints, dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an unlabeled instance is normal
+        lo, hi = np.nanmin(kp, axis=-2), np.nanmax(kp, axis=-2)
+    return (lo + hi) / 2.0, (hi - lo).max(axis=-1)
+
+
+def _round_up(value: float, multiple: int = 32) -> int:
+    return int(math.ceil(value / multiple) * multiple)
+
+
+def _budget_iterations(crop: int, stride: int, n: int, share: float) -> int:
+    """Iterations that spend ``share`` of the automatic time budget on ``crop`` px crops."""
+    cost = (crop / REFERENCE_CROP) ** 2 * STRIDE_COST.get(stride, 1.0)
+    its = min(ITERATION_BUDGET * share / cost, max(30 * n, 1000))
+    return max(int(round(its / 100.0) * 100), 500)
+
+
+@dataclass
+class MultiAnimalPlan:
+    """The resolved multi-animal settings and the two networks' configs, with reasons."""
+
+    multianimal: MultiAnimalConfig
+    centroid: EngineConfig
+    instance: EngineConfig
+    report: dict = field(default_factory=dict)
+
+
+def plan(image_sizes: Sequence[tuple[int, int]], keypoints: np.ndarray, config: EngineConfig,
+         ma: MultiAnimalConfig) -> MultiAnimalPlan:
+    """Resolve the ``"auto"`` multi-animal settings from the labels (N, M, K, 2)."""
+    _, extent = instance_boxes(keypoints)
+    labeled = np.isfinite(extent)
+    if not labeled.any():
+        raise ValueError("No labeled animal in the training frames: nothing to learn from.")
+    median, largest = float(np.median(extent[labeled])), float(extent[labeled].max())
+    frame_side = max(max(w, h) for w, h in image_sizes)
+    chosen: dict = {}
+
+    def pick(key: str, value, reason: str):
+        chosen[key] = {"value": value, "reason": reason}
+        return value
+
+    max_animals = ma.max_animals
+    if max_animals == "auto":
+        max_animals = pick("max_animals", int(labeled.sum(axis=1).max()),
+                           "the most animals labeled in one frame")
+    cscale = ma.centroid_input_scale
+    if cscale == "auto":
+        cscale = min(1.0, max(CENTROID_ANIMAL_PX / max(median, 1.0), 64 / frame_side))
+        cscale = pick("centroid_input_scale", math.floor(cscale * 1000) / 1000,
+                      f"the median animal ({median:.0f} px) about {CENTROID_ANIMAL_PX:.0f} px long")
+    iscale = ma.instance_input_scale
+    if iscale == "auto":
+        iscale = pick("instance_input_scale", min(1.0, math.floor(280 / largest * 1000) / 1000),
+                      "full resolution unless the largest animal is over 280 px")
+    crop = ma.instance_crop_size
+    if crop == "auto":
+        crop = pick("instance_crop_size", max(64, _round_up(1.15 * largest * iscale)),
+                    f"1.15 x the largest labeled animal ({largest:.0f} px), rounded up to 32")
+    min_distance = ma.min_distance
+    if min_distance == "auto":
+        min_distance = pick("min_distance", round(median / 5.0, 2),
+                            "a fifth of the median animal length")
+    n_frames, n_instances = len(keypoints), int(labeled.sum())
+
+    ccrop = _round_up(frame_side * cscale - 1, 16)
+    if ccrop > 288:  # big arenas: crops around the animals, not the whole frame
+        ccrop = 256
+    cits = ma.centroid_iterations
+    if cits == "auto":
+        cits = pick("centroid_iterations", _budget_iterations(ccrop, 4, n_frames, 0.4),
+                    "40 % of the automatic time budget")
+    its = ma.instance_iterations
+    if its == "auto" and config.iterations == "auto":
+        its = pick("instance_iterations", _budget_iterations(int(crop), 4, n_instances, 0.6),
+                   "60 % of the automatic time budget")
+    length = {} if its == "auto" else {"iterations": int(its), "epochs": None}
+    centroid = config.replace(
+        input_scale=float(cscale), crop_size=int(ccrop), output_stride=4, iterations=int(cits),
+        epochs=None, validation_fraction=0.0, flip_pairs=[],
+        augmentation={**_to_plain(config.augmentation), "flip": 0.0, "part_crop_fraction": 0.0})
+    aug = _to_plain(config.augmentation)
+    # Crops stay centred on their animal (the network must learn which animal is meant):
+    # small shifts, no part-targeted crops; zoom and rotation as for any freely moving animal.
+    for key, value in (("rotation", 180.0), ("scale", [0.9, 1.1]), ("translate", 0.03)):
+        if aug[key] == "auto":
+            aug[key] = value
+    aug.update(crop_around_keypoints=1.0, part_crop_fraction=0.0)
+    instance = config.replace(input_scale=1.0, crop_size=int(crop), augmentation=aug, **length)
+    resolved = MultiAnimalConfig.from_dict({
+        **ma.to_dict(), "max_animals": int(max_animals), "centroid_input_scale": float(cscale),
+        "instance_input_scale": float(iscale), "instance_crop_size": int(crop),
+        "min_distance": float(min_distance), "centroid_iterations": int(cits),
+        "instance_iterations": its})
+    report = {"stats": {"frames": n_frames, "instances": n_instances,
+                        "median_animal_px": median, "largest_animal_px": largest,
+                        "frame_side_px": frame_side}, "chosen": chosen}
+    return MultiAnimalPlan(resolved, centroid, instance, report)
+
+
+def instance_crops(images: Sequence[np.ndarray], keypoints: np.ndarray, individuals: list[str],
+                   crop_size: int, scale: float, identity: bool
+                   ) -> tuple[list[np.ndarray], np.ndarray, list[tuple[int, int]]]:
+    """Training crops (1.5 x ``crop_size``) cut around each labeled animal.
+
+    Returns the crops, their keypoints (n, K [+ C identity channels], 2) and the
+    (frame, individual) index of each. Identity channel ``c`` is labeled at the crop centre
+    when the animal is individual ``c``, NaN otherwise.
+    """
+    side = int(math.ceil(crop_size * 1.5))
+    centres, extent = instance_boxes(keypoints)
+    crops, kps, index = [], [], []
+    n_ids = len(individuals) if identity else 0
+    for i, image in enumerate(images):
+        for m in range(keypoints.shape[1]):
+            if not np.isfinite(extent[i, m]):
+                continue
+            matrix = affine_matrix(tuple(centres[i, m]), side, zoom=scale)
+            crops.append(cv2.warpAffine(image, matrix, (side, side), flags=cv2.INTER_LINEAR,
+                                        borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0)))
+            kp = apply_affine(keypoints[i, m], matrix)
+            ids = np.full((n_ids, 2), np.nan)
+            if identity:
+                ids[m] = (side - 1) / 2.0
+            kps.append(np.concatenate([kp, ids]))
+            index.append((i, m))
+    return crops, np.asarray(kps, dtype=np.float64), index
+
+
+def train_multianimal(images: Sequence[np.ndarray], keypoints: np.ndarray,
+                      bodyparts: Sequence[str], individuals: Sequence[str], config: EngineConfig,
+                      ma: MultiAnimalConfig, workdir: str | Path, progress: bool = True
+                      ) -> TrainResult:
+    """Train the centroid and instance networks and write one model file.
+
+    Parameters
+    ----------
+    images : sequence of np.ndarray
+        RGB uint8 frames (sizes may differ).
+    keypoints : np.ndarray
+        (N, M, K, 2): per frame, individual and body part x, y in pixels; NaN = not labeled.
+    bodyparts, individuals : sequence of str
+        K body-part and M individual names.
+    config : EngineConfig
+        The training settings both networks start from (backbone, optimiser, ...).
+    ma : MultiAnimalConfig
+        Multi-animal settings.
+    workdir : str or Path
+        Checkpoints of both networks (resumable) and the final model file.
+
+    Returns
+    -------
+    TrainResult
+        Curves of the instance network (its validation included) plus the centroid network's
+        loss under ``auto_report["centroid"]``; the model file holds both networks.
+    """
+    kp = np.asarray(keypoints, dtype=np.float64)
+    bodyparts, individuals = list(bodyparts), list(individuals)
+    if kp.ndim != 4 or kp.shape[-1] != 2:
+        raise ValueError(f"keypoints has shape {kp.shape}; a multi-animal model needs "
+                         "(frames, individuals, bodyparts, 2).")
+    if kp.shape[1:3] != (len(individuals), len(bodyparts)):
+        raise ValueError(f"keypoints has {kp.shape[1]} individuals and {kp.shape[2]} body parts "
+                         f"but {len(individuals)} individual and {len(bodyparts)} body-part "
+                         "names were given.")
+    if len(set(individuals)) != len(individuals):
+        raise ValueError(f"An individual name appears twice: {individuals}.")
+    imgs = validate_images(images)
+    p = plan([(im.shape[1], im.shape[0]) for im in imgs], kp, config, ma)
+    workdir = Path(workdir)
+    centres, _ = instance_boxes(kp)
+    logger.info("Training the centroid network (%s)", p.report["chosen"])
+    cres = train(imgs, centres[:, :, None, :], ["animal"], p.centroid, workdir / "centroid",
+                 progress=progress)
+    crops, ikp, _ = instance_crops(imgs, kp, individuals, p.multianimal.instance_crop_size,
+                                   p.multianimal.instance_input_scale, p.multianimal.identity)
+    channels = bodyparts + ([IDENTITY_PREFIX + n for n in individuals]
+                            if p.multianimal.identity else [])
+    logger.info("Training the instance network on %d animals", len(crops))
+    ires = train(crops, ikp, channels, p.instance, workdir / "instance", progress=progress)
+    cpay = torch.load(cres.checkpoint_path, map_location="cpu", weights_only=True)
+    ipay = torch.load(ires.checkpoint_path, map_location="cpu", weights_only=True)
+    report = {**p.report, "instance": ires.auto_report,
+              "centroid": {"iterations": cres.iterations, "train_seconds": cres.train_seconds,
+                           "learning_curve": cres.learning_curve.tolist()}}
+    config_out = {**ires.config, "multianimal": p.multianimal.to_dict(),
+                  "centroid": cres.config, "individuals": individuals}
+    path = workdir / "model.pt"
+    atomic_save({"kind": MODEL_KIND, "format_version": FORMAT_VERSION, "multianimal": True,
+                 "bodyparts": bodyparts, "individuals": individuals,
+                 "settings": p.multianimal.to_dict(), "centroid": cpay, "instance": ipay,
+                 "config": config_out,
+                 "extra": {"versions": library_versions(), "auto_report": report}}, path)
+    return TrainResult(
+        checkpoint_path=path, learning_curve=ires.learning_curve,
+        iterations=int(ires.iterations + cres.iterations),
+        train_seconds=float(ires.train_seconds + cres.train_seconds), device=ires.device,
+        versions=library_versions(), validation_curve=ires.validation_curve,
+        best_iteration=ires.best_iteration, config=config_out, auto_report=report)
+
+
+def is_multianimal_file(path: str | Path) -> bool:
+    """Whether a model file holds a multi-animal model."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    return bool(isinstance(payload, dict) and payload.get("multianimal"))
+
+
+def _pose_model(payload: dict, device: str) -> PoseModel:
+    config = EngineConfig.from_dict(payload["config"])
+    net = build_network(config.replace(pretrained="none"), len(payload["bodyparts"]))
+    net.load_state_dict(payload["state_dict"])
+    return PoseModel(net, config, list(payload["bodyparts"]), device=device)
+
+
+@dataclass
+class MultiAnimalPoses:
+    """Detections of :class:`MultiAnimalModel`.
+
+    Attributes
+    ----------
+    poses : np.ndarray
+        (F, M, K, 3) float32 [x, y, confidence] per frame, detection slot and body part
+        (slots sorted by score; NaN rows where fewer animals were found).
+    scores : np.ndarray
+        (F, M) centroid confidence of each detection (NaN: none).
+    identity : np.ndarray or None
+        (F, M, C) probability that a detection is each named individual (identity models).
+    """
+
+    poses: np.ndarray
+    scores: np.ndarray
+    identity: np.ndarray | None
+
+
+class MultiAnimalModel:
+    """A trained centroid + instance model ready for inference."""
+
+    def __init__(self, payload: dict, device: str = "auto"):
+        self.bodyparts = list(payload["bodyparts"])
+        self.individuals = list(payload["individuals"])
+        self.settings = MultiAnimalConfig.from_dict(payload["settings"])
+        self.centroid = _pose_model(payload["centroid"], device)
+        self.instance = _pose_model(payload["instance"], device)
+        self.config = self.instance.config
+        #: The stored config: the instance network's, plus "multianimal" and "centroid".
+        self.config_dict = dict(payload["config"])
+        self.device = self.instance.device
+        self._dev = self.instance._dev
+
+    @property
+    def max_animals(self) -> int:
+        """Most animals detected per frame."""
+        return int(self.settings.max_animals)
+
+    @torch.inference_mode()
+    def _infer(self, frames: torch.Tensor, bgr: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(B, H, W, 3) uint8 on the device -> poses (B, M, K, 3), scores, identity."""
+        s = self.settings
+        x = frames.permute(0, 3, 1, 2)
+        if bgr:
+            x = x.flip(1)
+        x = x.float()
+        b, _, h, w = x.shape
+        # 1. Centroids on the downscaled frame: every peak of the "animal" heatmap.
+        cm = self.centroid
+        cs = float(s.centroid_input_scale)
+        ch, cw = max(1, int(round(h * cs))), max(1, int(round(w * cs)))
+        small = F.interpolate(x, size=(ch, cw), mode="area") if (ch, cw) != (h, w) else x
+        heat, off = cm.network(cm.network.normalize(small))
+        m = self.max_animals
+        peaks = find_peaks(heat, off, cm.network.output_stride, 2 * m,
+                           s.detection_threshold)[:, 0]  # (B, 2M, 3)
+        peaks[..., 0] = (peaks[..., 0] + 0.5) * (w / cw) - 0.5
+        peaks[..., 1] = (peaks[..., 1] + 0.5) * (h / ch) - 0.5
+        # 2. The instance network on a crop centred on each centroid.
+        ok = torch.isfinite(peaks[..., 2])
+        frame_of, slot = torch.nonzero(ok, as_tuple=True)
+        k = len(self.bodyparts)
+        n_ch = self.instance.network.num_keypoints
+        poses = torch.full((b, 2 * m, n_ch, 3), float("nan"), device=x.device)
+        if len(frame_of):
+            crop = int(s.instance_crop_size)
+            iscale = float(s.instance_input_scale)
+            src = x
+            if iscale != 1.0:
+                src = F.interpolate(x, size=(max(1, round(h * iscale)), max(1, round(w * iscale))),
+                                    mode="area" if iscale < 1 else "bilinear")
+            cx = (peaks[frame_of, slot, 0] + 0.5) * iscale - 0.5
+            cy = (peaks[frame_of, slot, 1] + 0.5) * iscale - 0.5
+            x1, y1 = cx - (crop - 1) / 2.0, cy - (crop - 1) / 2.0
+            boxes = torch.stack([frame_of.float(), x1, y1, x1 + crop, y1 + crop], dim=1)
+            crops = torchvision.ops.roi_align(src, boxes, crop, 1.0, 1, aligned=True)
+            net = self.instance.network
+            hm, of = net(net.normalize(crops))
+            out = decode(hm.float(), of.float(), net.output_stride)  # (n, K + C, 3)
+            out[..., 0] = (out[..., 0] + x1[:, None] + 0.5) / iscale - 0.5
+            out[..., 1] = (out[..., 1] + y1[:, None] + 0.5) / iscale - 0.5
+            poses[frame_of, slot] = out
+        identity = None
+        if n_ch > k:
+            identity = poses[..., k:, 2]
+            identity = identity / identity.sum(dim=-1, keepdim=True).clamp(min=1e-6)
+        return poses[..., :k, :], peaks[..., 2], identity
+
+    def _finish(self, poses: np.ndarray, scores: np.ndarray, identity: np.ndarray | None
+                ) -> MultiAnimalPoses:
+        """Drop duplicate detections of one animal, keep the ``max_animals`` best."""
+        m, limit = self.max_animals, float(self.settings.min_distance)
+        f = len(poses)
+        out = np.full((f, m, *poses.shape[2:]), np.nan, dtype=np.float32)
+        out_s = np.full((f, m), np.nan, dtype=np.float32)
+        out_i = None if identity is None else np.full((f, m, identity.shape[2]), np.nan,
+                                                      dtype=np.float32)
+        for i in range(f):
+            kept: list[int] = []
+            for j in np.argsort(-np.nan_to_num(scores[i], nan=-1.0)):
+                if not np.isfinite(scores[i, j]) or len(kept) == m:
+                    break
+                dup = False
+                for q in kept:
+                    d = np.linalg.norm(poses[i, j, :, :2] - poses[i, q, :, :2], axis=1)
+                    if np.isfinite(d).any() and np.nanmedian(d) < limit:
+                        dup = True
+                        break
+                if not dup:
+                    kept.append(int(j))
+            out[i, :len(kept)] = poses[i, kept]
+            out_s[i, :len(kept)] = scores[i, kept]
+            if out_i is not None:
+                out_i[i, :len(kept)] = identity[i, kept]
+        return MultiAnimalPoses(out, out_s, out_i)
+
+    def predict_frames(self, images: Sequence[np.ndarray], batch_size: int = 8
+                       ) -> MultiAnimalPoses:
+        """Detect the animals on RGB uint8 frames (sizes may differ)."""
+        imgs = validate_images(images)
+        parts = []
+        order: list[int] = []
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, image in enumerate(imgs):
+            by_shape.setdefault(image.shape, []).append(i)
+        for idx in by_shape.values():
+            for s in range(0, len(idx), batch_size):
+                chunk = idx[s:s + batch_size]
+                batch = torch.from_numpy(np.stack([imgs[i] for i in chunk])).to(self._dev)
+                parts.append(tuple(None if t is None else t.cpu().numpy()
+                                   for t in self._infer(batch)))
+                order.extend(chunk)
+        result = self._concat(parts)
+        inverse = np.argsort(order)
+        return MultiAnimalPoses(result.poses[inverse], result.scores[inverse],
+                                None if result.identity is None else result.identity[inverse])
+
+    def _concat(self, parts: list[tuple]) -> MultiAnimalPoses:
+        if not parts:
+            k, m = len(self.bodyparts), self.max_animals
+            return MultiAnimalPoses(np.zeros((0, m, k, 3), np.float32),
+                                    np.zeros((0, m), np.float32), None)
+        poses = np.concatenate([p[0] for p in parts])
+        scores = np.concatenate([p[1] for p in parts])
+        identity = None if parts[0][2] is None else np.concatenate([p[2] for p in parts])
+        return self._finish(poses, scores, identity)
+
+    def predict_video(self, paths: str | Path | Sequence[str | Path], batch_size: int = 8,
+                      progress: bool = True, stop: int | None = None
+                      ) -> tuple[MultiAnimalPoses, dict]:
+        """Detect the animals on every frame of one video (or several, concatenated).
+
+        Returns the detections and ``frames``, ``seconds`` and ``fps`` (decoding included).
+        """
+        if isinstance(paths, (str, Path)):
+            paths = [paths]
+        bar = tqdm(desc="analyse", unit="frame", disable=not progress, dynamic_ncols=True)
+        parts, frames = [], 0
+        t0 = time.perf_counter()
+        for batch in _batches(paths, batch_size, stop):
+            out = self._infer(torch.from_numpy(batch).to(self._dev), bgr=True)
+            parts.append(tuple(None if t is None else t.cpu().numpy() for t in out))
+            frames += len(batch)
+            bar.update(len(batch))
+        bar.close()
+        seconds = time.perf_counter() - t0
+        return self._concat(parts), {"frames": frames, "seconds": seconds,
+                                     "fps": frames / seconds if seconds > 0 else float("nan")}
+
+
+def _batches(paths: Sequence[str | Path], batch_size: int, stop: int | None
+             ) -> Iterator[np.ndarray]:
+    return iter_video_batches([Path(p) for p in paths], batch_size, stop=stop)
+
+
+def load_multianimal_model(path: str | Path, device: str = "auto") -> MultiAnimalModel:
+    """Load a file written by :func:`train_multianimal`.
+
+    Raises
+    ------
+    ValueError
+        Not a multi-animal model file (a single-animal one: use
+        :func:`element_pose.engine.predict.load_model`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Model file not found: {path}.")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("kind") != MODEL_KIND:
+        raise ValueError(f"{path} is not an element-pose model file.")
+    if not payload.get("multianimal"):
+        raise ValueError(f"{path} holds a single-animal model; it detects one animal per frame. "
+                         "Load it with element_pose.engine.predict.load_model, or train a "
+                         "multi-animal model on a dataset with several individuals.")
+    return MultiAnimalModel(payload, device=device)
+
+
+def load_any_model(path: str | Path, device: str = "auto") -> PoseModel | MultiAnimalModel:
+    """A single-animal :class:`PoseModel` or a :class:`MultiAnimalModel`, as the file holds."""
+    from element_pose.engine.predict import load_model
+
+    path = Path(path)
+    if path.is_file() and is_multianimal_file(path):
+        return load_multianimal_model(path, device=device)
+    return load_model(path, device=device)
