@@ -1,7 +1,7 @@
 """The ``element-pose`` command line.
 
     element-pose db      which database and object store are in use (never the password)
-    element-pose demo    the end-to-end demo on the embedded database
+    element-pose demo    the end-to-end demo on the embedded database (--animals 2: two animals)
     element-pose gc      list (--delete: remove) object-store files no row refers to
     element-pose jobs    pending / reserved / failed work per table (--retry: failed -> pending)
     element-pose worker  populate every computed table with job reservation (run one per GPU/node)
@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="run the end-to-end demo (sample -> train -> evaluate -> analyze)")
     demo.add_argument("--out", help="folder for plots, videos and exports")
     demo.add_argument("--train-seconds", type=float, help="training wall-clock budget")
+    demo.add_argument("--animals", type=int, choices=(1, 2), default=1,
+                      help="2: the two-animal demo (detection, tracking, identity)")
     gc = sub.add_parser("gc", help="list (or delete) object-store files no row refers to, "
                                    "e.g. left by a killed import or populate")
     gc.add_argument("--delete", action="store_true",
@@ -97,11 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         try:
             from workflow.demo import run_demo
+            from workflow.demo_pair import run_pair_demo
         except ImportError:
             print("The demo lives in the repository's workflow/ package; run it from a checkout "
                   "installed with `pip install -e .`.", file=sys.stderr)
             return 2
-        run_demo(out_dir=args.out, train_seconds=args.train_seconds)
+        run = run_pair_demo if args.animals == 2 else run_demo
+        run(out_dir=args.out, train_seconds=args.train_seconds)
         return 0
     return 2
 

@@ -469,7 +469,7 @@ class ModelEvaluation(RecoverJobs, dj.Computed):
         # detection and identity figures of a multi-animal model on the test frames
         -> master
         ---
-        map_oks=null: float64         # mAP over OKS 0.50:0.95 (scale: area of the labels' box, kappa 0.1)
+        map_oks=null: float64         # mAP over OKS 0.50:0.95 (scale: animal length, kappa 0.1)
         missed: int32                 # labeled animals without a matched prediction
         spurious: int32               # predicted animals without a labeled one
         labeled_animals: int32

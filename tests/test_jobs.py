@@ -95,18 +95,11 @@ def test_sigterm_releases_the_reservation(pipeline, split):
 def test_failed_jobs_are_listed_and_retried(pipeline, split, capsys):
     """A failure stays failed (it is not an interruption) until `element-pose jobs --retry`."""
     train = pipeline.train
-    from element_pose.io.dlc import read_dlc_project
-    from element_pose.io.labels import LabeledData
-
-    base = train.LabeledDataset.keypoints(split)
-    source = (train.LabeledDataset & split).fetch1("source_path")
-    root = pipeline.get_pose_root_data_dir()[0]
-    data = read_dlc_project(f"{root}/{source}")
-    two = LabeledData(bodyparts=data.bodyparts, individuals=["a", "b"], frames=data.frames,
-                      keypoints=np.concatenate([base, base], axis=1), source="")
-    key = train.LabeledDataset.import_labels(two, "jobs_two")
-    bad_split = train.DataSplit.random(key, 0.25, 0)
-    task = _task(pipeline, bad_split, iterations=5)
+    # multi-animal settings for a one-animal dataset: refused inside the job
+    params = train.TrainingParamSet.insert_new_params({**SLOW, "iterations": 5,
+                                                       "multianimal": {}})
+    task = {**split, **params, "run_id": 0}
+    train.TrainingTask.insert1(task, skip_duplicates=True)
     result = train.ModelTraining.populate(task, reserve_jobs=True, suppress_errors=True)
     assert result["success_count"] == 0 and len(result["error_list"]) == 1
     assert _status(pipeline, task) == "error"
@@ -115,7 +108,7 @@ def test_failed_jobs_are_listed_and_retried(pipeline, split, capsys):
 
     assert main(["jobs"]) == 0
     out = capsys.readouterr().out
-    assert "ModelTraining" in out and "failed" in out and "single-animal" in out
+    assert "ModelTraining" in out and "failed" in out and "labels one animal" in out
     assert main(["jobs", "--retry"]) == 0
     assert "1 failed job(s) back to pending" in capsys.readouterr().out
     assert _status(pipeline, task) == "pending"

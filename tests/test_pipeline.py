@@ -229,24 +229,17 @@ def test_bad_params_rejected(pipeline):
         train.TrainingParamSet.insert_new_params(TINY, paramset_id=first["paramset_id"] + 50)
 
 
-def test_failed_training_inserts_nothing(pipeline, trained, tmp_path):
-    """A training that fails (here: a multi-animal dataset) leaves no ModelTraining row."""
+def test_failed_training_inserts_nothing(pipeline, trained):
+    """A training that fails (here: multi-animal settings for a one-animal dataset) leaves no
+    ModelTraining row."""
     train = pipeline.train
-    from element_pose.io.dlc import read_dlc_project
-    from element_pose.io.labels import LabeledData
-
-    base = train.LabeledDataset.keypoints(trained["dataset"])
-    data = read_dlc_project(trained["sample"].project_dir)
-    two = LabeledData(bodyparts=data.bodyparts, individuals=["a", "b"], frames=data.frames,
-                      keypoints=np.concatenate([base, base], axis=1), source="")
-    key = train.LabeledDataset.import_labels(two, "two_animals")
-    split = train.DataSplit.random(key, 0.2, 0)
-    paramset = train.TrainingParamSet.insert_new_params(TINY)
-    task = {**split, **paramset, "run_id": 0}
+    paramset = train.TrainingParamSet.insert_new_params({**TINY, "multianimal": {}})
+    task = {**trained["split"], **paramset, "run_id": 0}
     train.TrainingTask.insert1(task)
-    with pytest.raises(NotImplementedError, match="single-animal"):
+    with pytest.raises(ValueError, match="labels one animal"):
         train.ModelTraining.populate(task)
     assert not train.ModelTraining & task
+    (train.TrainingTask & task).delete_quick()
 
 
 @pytest.mark.parametrize("change, message", [

@@ -134,14 +134,16 @@ def match_animals(predictions: np.ndarray, ground_truth: np.ndarray,
 def oks(prediction: np.ndarray, truth: np.ndarray) -> float:
     """Object keypoint similarity of one predicted (K, 2+) and one labeled (K, 2) animal.
 
-    The scale is the area of the box around the animal's labels (as COCO uses the segment
-    area), with :data:`OKS_KAPPA` for every part.
+    The scale ``s`` is the animal's length, the longer side of the box around its labels, so
+    that it does not depend on the animal's heading (COCO's segment area collapses for a
+    thin animal that lies along an axis); every part has :data:`OKS_KAPPA`, so a part
+    ``0.1 s`` away scores ``exp(-1/2)``.
     """
     vis = np.isfinite(truth).all(axis=1)
     if not vis.any():
         return float("nan")
     span = truth[vis].max(axis=0) - truth[vis].min(axis=0)
-    area = max(float(span[0] * span[1]), 1.0)
+    area = max(float(span.max()) ** 2, 1.0)
     d2 = np.sum((prediction[vis, :2] - truth[vis]) ** 2, axis=1)
     d2 = np.where(np.isfinite(d2), d2, np.inf)
     return float(np.mean(np.exp(-d2 / (2 * area * OKS_KAPPA ** 2))))

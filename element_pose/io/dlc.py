@@ -227,6 +227,14 @@ def read_dlc_project(project_dir: str | Path) -> LabeledData:
     for path, index, cols, values in tables:
         if not np.all(np.isfinite(values) | np.isnan(values)):
             raise DLCFormatError(f"{path} holds infinite coordinates; fix or relabel those frames.")
+        seen = [c for c in cols if c[2] in ("x", "y")]
+        twice = sorted({c for c in seen if seen.count(c) > 1})
+        if twice:
+            ind, part, _ = twice[0]
+            raise DLCFormatError(
+                f"{path} labels individual {ind!r} body part {part!r} twice in each frame "
+                f"({len(twice)} duplicated column(s)); one individual name must appear once per "
+                "frame. Rename the second animal in config.yaml's individuals and the labels.")
         for j, (ind, part, coord) in enumerate(cols):
             if coord not in ("x", "y"):
                 continue  # e.g. 'likelihood' columns in machine-labeled files

@@ -212,9 +212,10 @@ def read_sleap(
             if inst.track is not None:
                 slot = track_slot[id(inst.track)]
                 if not np.all(np.isnan(keypoints[row, slot])):
-                    logger.warning("%s: frame %d of %s has two instances of track %r; keeping the first.",
-                                   path.name, frame_idx, video_names[vi], inst.track.name)
-                    continue
+                    raise ValueError(
+                        f"{path}: frame {frame_idx} of {video_names[vi]} has two instances of "
+                        f"track {inst.track.name!r}; one individual can appear once per frame. "
+                        "Give the second instance its own track in SLEAP.")
             else:
                 slot = len(track_names) + untracked_seen
                 untracked_seen += 1

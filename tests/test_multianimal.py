@@ -1,0 +1,440 @@
+"""Several animals per frame: the engine's pieces (peaks, tracker, identity, metrics), a
+trained two-animal model on generated data, and the tables end to end."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from element_pose.engine.config import ConfigError, EngineConfig
+from element_pose.engine.metrics import (
+    average_precision,
+    evaluate_multianimal,
+    identity_switches,
+    oks,
+)
+from element_pose.engine.multianimal import (
+    MultiAnimalConfig,
+    load_any_model,
+    load_multianimal_model,
+    train_multianimal,
+)
+from element_pose.engine.targets import find_peaks, make_targets, merge_instances
+from element_pose.engine.tracking import (
+    TrackerSettings,
+    assign_identities,
+    by_identity,
+    by_track,
+    track,
+)
+from element_pose.engine.video import iter_frames
+from element_pose.io.dlc import DLCFormatError, read_dlc_project
+from element_pose.sample import BODYPARTS, make_pair_sample
+
+SMALL = {"backbone_stride": 8, "head_channels": 64, "batch_size": 8, "device": "cpu",
+         "schedule": {"warmup_iterations": 30}, "optimizer": {"lr": 0.003}}
+
+
+# --- engine pieces ---------------------------------------------------------------------------
+
+
+def test_merged_targets_give_one_peak_per_animal():
+    kp = torch.tensor([[[20.3, 30.7], [70.6, 41.2]]])  # one channel, two instances
+    t = make_targets(kp, (24, 32), stride=4, sigma=3.0, locref_radius=6.0)
+    merged = merge_instances(t, instances=2)
+    assert merged["heatmaps"].shape == (1, 1, 24, 32)
+    # perfect logits and offsets decode back to both instances, strongest first
+    heat = torch.logit(merged["heatmaps"].clamp(1e-4, 1 - 1e-4))
+    peaks = find_peaks(heat, merged["offsets"], 4, max_peaks=3, threshold=0.5)
+    assert peaks.shape == (1, 1, 3, 3)
+    found = peaks[0, 0, :2, :2].numpy()
+    found = found[np.argsort(found[:, 0])]
+    np.testing.assert_allclose(found, kp[0].numpy(), atol=0.05)
+    assert torch.isnan(peaks[0, 0, 2]).all()  # no third animal
+
+
+def _walk(n: int, start, step) -> np.ndarray:
+    """(n, K, 3) a rigid 4-part animal moving in a straight line."""
+    offsets = np.array([[10.0, 0], [0, 4], [0, -4], [-10, 0]])
+    centre = np.asarray(start, float) + np.arange(n)[:, None] * np.asarray(step, float)
+    pose = np.ones((n, 4, 3))
+    pose[..., :2] = centre[:, None] + offsets
+    return pose
+
+
+def test_tracker_follows_crossing_animals_through_a_gap():
+    n = 60
+    a, b = _walk(n, (10, 50), (3, 0)), _walk(n, (190, 56), (-3, 0))  # they cross at frame 30
+    poses = np.stack([a, b], axis=1)
+    poses[40:46, 0] = np.nan  # animal a lost for 6 frames
+    swapped = np.arange(n) % 3 == 0
+    poses[swapped] = poses[swapped][:, ::-1]  # detection order means nothing
+    truth = np.stack([a, b], axis=1)[..., :2]
+    ids = track(poses, TrackerSettings(max_gap=10))
+    assert set(np.unique(ids)) == {-1, 0, 1}  # two tracks only: the lost animal came back
+    ev = evaluate_multianimal(poses, np.ones((n, 2)), truth)
+    assert identity_switches(ids, ev["matches"]) == 0
+    per_track = by_track(poses, ids)
+    assert per_track.shape == (n, 2, 4, 3)
+    # a short gap beyond max_gap starts a new track instead
+    ids_short = track(poses, TrackerSettings(max_gap=2))
+    assert ids_short.max() == 2
+
+
+def test_identity_pooled_over_a_track_outvotes_an_ambiguous_frame():
+    n = 30
+    identity = np.zeros((n, 2, 2))
+    identity[:, 0] = [0.8, 0.2]  # slot 0 is individual 0 ...
+    identity[:, 1] = [0.3, 0.7]
+    identity[12] = [[0.1, 0.9], [0.95, 0.05]]  # ... except one confusing frame
+    per_frame = assign_identities(identity)
+    assert per_frame[12].tolist() == [1, 0]
+    ids = np.tile([0, 1], (n, 1))
+    pooled = assign_identities(identity, ids, window=5)
+    assert (pooled == [0, 1]).all()
+    named = by_identity(np.arange(n * 2 * 4 * 3, dtype=float).reshape(n, 2, 4, 3), pooled, 2)
+    assert named[0, 1, 0, 0] == (np.arange(n * 2 * 4 * 3).reshape(n, 2, 4, 3))[0, 1, 0, 0]
+
+
+def test_multianimal_metrics_count_missed_and_spurious():
+    n = 10
+    truth = np.stack([_walk(n, (20, 20), (1, 0)), _walk(n, (120, 80), (0, 1))], axis=1)[..., :2]
+    pred = np.full((n, 3, 4, 3), np.nan)
+    pred[:, 0, :, :2] = truth[:, 1] + 1.0  # order swapped, 1 px off in x
+    pred[:, 1, :, :2] = truth[:, 0]
+    pred[..., 2] = 0.9
+    pred[3, 2, :, :2] = [[300, 300], [301, 300], [302, 300], [303, 300]]  # spurious animal
+    pred[3, 2, :, 2] = 0.5
+    pred[7, 1] = np.nan  # animal 0 missed in frame 7
+    scores = np.where(np.isfinite(pred[..., 0, 0]), 0.9, np.nan)
+    ev = evaluate_multianimal(pred, scores, truth, pcutoff=0.6)
+    assert (ev["missed"], ev["spurious"], ev["labeled_animals"]) == (1, 1, 20)
+    assert ev["frames_with_missed_or_spurious"] == pytest.approx(0.2)
+    assert ev["matches"][0].tolist() == [1, 0]
+    assert ev["mean_error_px"] == pytest.approx(0.5 * 9 / 19 + 0.5 * 10 / 19 * 2 * 0 + 0.5,
+                                                abs=0.3)
+    assert oks(truth[0, 0], truth[0, 0]) == pytest.approx(1.0)
+    assert oks(truth[0, 0] + 100, truth[0, 0]) < 1e-6
+    assert average_precision(np.concatenate([truth, np.ones((n, 2, 4, 1))], -1),
+                             np.ones((n, 2)), truth) == \
+        pytest.approx(1.0)
+    assert 0.0 < ev["map_oks"] < 1.0
+
+
+def test_multianimal_config_is_validated():
+    with pytest.raises(ConfigError, match="multianimal.max_animals"):
+        MultiAnimalConfig.from_dict({"max_animals": 0})
+    with pytest.raises(ConfigError, match="multianimal.detection_threshold"):
+        MultiAnimalConfig.from_dict({"detection_threshold": 1.5})
+    with pytest.raises(ConfigError, match="multianimal"):
+        MultiAnimalConfig.from_dict({"identity": "yes"})
+    assert MultiAnimalConfig.from_dict({"identity": True}).identity is True
+
+
+def test_train_multianimal_rejects_bad_labels(tmp_path):
+    images = [np.zeros((64, 64, 3), np.uint8)] * 2
+    kp = np.full((2, 2, 4, 2), 10.0)
+    with pytest.raises(ValueError, match="appears twice"):
+        train_multianimal(images, kp, BODYPARTS, ["a", "a"], EngineConfig(), MultiAnimalConfig(),
+                          tmp_path)
+    with pytest.raises(ValueError, match="individuals"):
+        train_multianimal(images, kp[:, :1], BODYPARTS, ["a", "b"], EngineConfig(),
+                          MultiAnimalConfig(), tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_dlc_labels_naming_an_individual_twice_are_refused(tmp_path):
+    sample = make_pair_sample(tmp_path / "pair", n_frames=6, n_labeled=3, width=160,
+                              height=120)
+    labels = read_dlc_project(sample.project_dir)
+    assert labels.individuals == ["dark", "brown"]
+    csv = next(sample.project_dir.glob("labeled-data/*/CollectedData_*.csv"))
+    lines = csv.read_text().splitlines()
+    lines[1] = lines[1].replace("brown", "dark")  # the 'individuals' header row
+    csv.write_text("\n".join(lines) + "\n")
+    next(sample.project_dir.glob("labeled-data/*/CollectedData_*.h5")).unlink()
+    with pytest.raises(DLCFormatError, match="individual 'dark' body part .* twice"):
+        read_dlc_project(sample.project_dir)
+
+
+# --- a trained two-animal model (trained once, cached across test runs and backends) ----------
+
+
+def _engine_hash() -> str:
+    root = Path(__file__).resolve().parents[1] / "element_pose"
+    digest = hashlib.sha256()
+    for path in sorted([*(root / "engine").glob("*.py"), root / "sample.py"]):
+        digest.update(path.read_bytes())
+    digest.update(torch.__version__.encode())
+    return digest.hexdigest()[:16]
+
+
+PAIR_TRAIN = {"centroid_iterations": 300, "instance_iterations": 700, "identity": True}
+
+
+@pytest.fixture(scope="session")
+def pair(request, tmp_path_factory):
+    """The generated two-animal sample and a model trained on 40 of its 160 frames.
+
+    The model file is cached in pytest's cache folder keyed by the engine's source, so the
+    three database runs of CI train it once.
+    """
+    sample = make_pair_sample(tmp_path_factory.mktemp("pair"), n_frames=160, n_labeled=40)
+    cache = Path(request.config.cache.mkdir(f"pair-model-{_engine_hash()}"))
+    path = cache / "model.pt"
+    if not path.is_file():
+        frames = list(iter_frames(sample.video_path))
+        images = [frames[i] for i in sample.labeled_frames]
+        result = train_multianimal(
+            images, sample.keypoints[sample.labeled_frames], BODYPARTS, sample.individuals,
+            EngineConfig.from_dict(SMALL), MultiAnimalConfig.from_dict(PAIR_TRAIN),
+            tmp_path_factory.mktemp("pair_work"), progress=False)
+        result.checkpoint_path.replace(path)
+    return sample, path
+
+
+def test_trained_pair_model_finds_both_animals_and_names_them(pair):
+    sample, path = pair
+    model = load_multianimal_model(path, device="cpu")
+    assert model.bodyparts == BODYPARTS and model.individuals == ["dark", "brown"]
+    assert isinstance(load_any_model(path, device="cpu"), type(model))
+    frames = list(iter_frames(sample.video_path))
+    found = model.predict_frames(frames, batch_size=16)
+    assert found.poses.shape == (160, 2, 4, 3) and found.identity.shape == (160, 2, 2)
+    ev = evaluate_multianimal(found.poses, found.scores, sample.keypoints)
+    assert ev["missed"] + ev["spurious"] <= 0.03 * ev["labeled_animals"]
+    assert ev["median_error_px"] < 2.0
+    assert ev["map_oks"] > 0.5
+    ids = track(found.poses)
+    names = assign_identities(found.identity, ids)
+    right = [names[i, ev["matches"][i, g]] == g for i in range(160) for g in range(2)
+             if ev["matches"][i, g] >= 0]
+    assert np.mean(right) >= 0.95
+    # video analysis gives the same detections as frames
+    video, stats = model.predict_video(sample.video_path, batch_size=16, progress=False)
+    np.testing.assert_allclose(video.poses, found.poses, atol=0.5)
+    assert stats["frames"] == 160
+
+
+def test_single_and_multi_model_files_are_told_apart(pair, tmp_path):
+    _, path = pair
+    from element_pose.engine.predict import load_model
+
+    with pytest.raises(ValueError, match="multi-animal"):
+        load_model(path)
+    single = tmp_path / "single.pt"
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    torch.save(payload["centroid"], single)
+    with pytest.raises(ValueError, match="single-animal model"):
+        load_multianimal_model(single)
+
+
+# --- the tables -------------------------------------------------------------------------------
+
+
+TINY_MULTI = {**SMALL, "iterations": 60, "checkpoint_every": 50,
+              "multianimal": {"centroid_iterations": 40, "instance_iterations": 40,
+                              "identity": True}}
+
+
+@pytest.fixture(scope="module")
+def pair_db(pipeline, pair):
+    """The pair sample imported, a tiny training populated, the cached model registered,
+    evaluated and run on the video."""
+    train, model = pipeline.train, pipeline.model
+    sample, path = pair
+    root = Path(pipeline.get_pose_root_data_dir()[0])
+    video = root / "pair" / "pair_cam.mp4"
+    video.parent.mkdir(parents=True, exist_ok=True)
+    video.write_bytes(sample.video_path.read_bytes())
+    dataset = train.LabeledDataset.import_dlc(sample.project_dir, "pair")
+    split = train.DataSplit.random(dataset, test_fraction=0.25, seed=0)
+    paramset = train.TrainingParamSet.insert_new_params(TINY_MULTI, description="tiny pair")
+    task = {**split, **paramset, "run_id": 0}
+    train.TrainingTask.insert1(task, skip_duplicates=True)
+    train.ModelTraining.populate(task)
+    tiny = model.Model.from_training(task, "pair_tiny")
+    good = model.Model.from_checkpoint(path, "pair_model")
+    model.ModelEvaluation.populate({**good, **split})
+    pipeline.Subject.insert1({"subject": "pair"}, skip_duplicates=True)
+    session = {"subject": "pair", "session_id": 1}
+    pipeline.Session.insert1({**session, "session_datetime": "2026-11-30 10:00:00"},
+                             skip_duplicates=True)
+    pipeline.Device.insert1({"device": "cam_pair"}, skip_duplicates=True)
+    recording = model.VideoRecording.add(session, 1, {"device": "cam_pair"}, [video])
+    model.RecordingInfo.populate(recording)
+    pose = model.PoseEstimationTask.add(recording, good, batch_size=16,
+                                        tracker={"max_gap": 10})
+    model.PoseEstimation.populate(pose)
+    return {"sample": sample, "dataset": dataset, "split": split, "task": task, "tiny": tiny,
+            "model": good, "recording": recording, "pose": pose, "session": session}
+
+
+def test_multianimal_training_and_model_rows(pipeline, pair_db):
+    train, model = pipeline.train, pipeline.model
+    row = (train.ModelTraining & pair_db["task"]).fetch1()
+    assert row["iterations"] == 80  # both networks
+    assert row["config"]["multianimal"]["identity"] is True
+    assert row["config"]["individuals"] == ["dark", "brown"]
+    assert len(row["auto_report"]["centroid"]["learning_curve"]) > 0
+    assert model.Model.individuals(pair_db["tiny"]) == ["dark", "brown"]
+    assert model.Model.is_multianimal(pair_db["model"])
+    # multi-animal settings on a single-animal dataset: a clear error, no row
+    single = make_pair_sample  # noqa: F841 (keeps the import used when the module is cut)
+    with pytest.raises(ValueError, match="labels one animal"):
+        from element_pose.sample import make_sample
+
+        root = Path(pipeline.get_pose_root_data_dir()[0])
+        s = make_sample(root / "one_mouse", n_frames=12, n_labeled=8, width=96, height=72)
+        ds = train.LabeledDataset.import_dlc(s.project_dir, "one_mouse")
+        sp = train.DataSplit.random(ds, test_fraction=0.25, seed=0)
+        t = {**sp, **train.TrainingParamSet.insert_new_params(TINY_MULTI), "run_id": 0}
+        train.TrainingTask.insert1(t, skip_duplicates=True)
+        train.ModelTraining().make(t)
+    assert not train.ModelTraining & t
+
+
+def test_multianimal_evaluation(pipeline, pair_db):
+    model = pipeline.model
+    key = {**pair_db["model"], **pair_db["split"]}
+    row = (model.ModelEvaluation & key).fetch1()
+    multi = (model.ModelEvaluation.MultiAnimal & key).fetch1()
+    assert multi["labeled_animals"] == 20  # 10 test frames, two animals each
+    assert multi["missed"] + multi["spurious"] <= 1
+    assert multi["identity_accuracy"] >= 0.9
+    assert multi["map_oks"] > 0.5
+    assert row["test_median_error_px"] < 2.5
+    assert len(model.ModelEvaluation.BodyPart & key) == 4
+    prediction = (model.ModelEvaluation.Frame & key).to_dicts(limit=1)[0]["prediction"]
+    assert prediction.shape == (2, 4, 3)
+    # single-animal models are never paired with a multi-animal dataset
+    assert not (model.ModelEvaluation.key_source & pair_db["split"]
+                & (model.Model - model.Model.Individual).proj())
+
+
+def test_pose_estimation_has_one_row_per_animal(pipeline, pair_db):
+    model = pipeline.model
+    key = pair_db["pose"]
+    people = (model.PoseEstimation.Individual & key).to_dicts(order_by="individual_index")
+    assert [p["individual"] for p in people] == ["dark", "brown"]
+    assert {p["identity_source"] for p in people} == {"identity"}
+    assert all(p["frames_present"] >= 150 for p in people)
+    assert not model.PoseEstimation.BodyPartPosition & key
+    with pytest.raises(ValueError, match="several animals.*individual="):
+        model.PoseEstimation.pose_array(key)
+    truth = pair_db["sample"].keypoints
+    for g, name in enumerate(["dark", "brown"]):
+        pose, parts = model.PoseEstimation.pose_array(key, individual=name)
+        assert parts == BODYPARTS and pose.shape == (160, 4, 3)
+        err = np.linalg.norm(pose[..., :2] - truth[:, g], axis=-1)
+        assert np.nanmedian(err) < 2.0  # the right animal under the right name
+    with pytest.raises(ValueError, match="No individual 'grey'"):
+        model.PoseEstimation.pose_array(key, individual="grey")
+    # the animals' rows join with the session tables by key
+    joined = pipeline.Session * model.PoseEstimation.Individual & key
+    assert len(joined) == 2
+
+
+def test_multianimal_trajectory_export_and_load(pipeline, pair_db, data_root):
+    model = pipeline.model
+    key = pair_db["pose"]
+    df = model.PoseEstimation.get_trajectory(key)
+    assert list(df.columns.names) == ["scorer", "individuals", "bodyparts", "coords"]
+    assert list(df.columns.get_level_values("individuals").unique()) == ["dark", "brown"]
+    one = model.PoseEstimation.get_trajectory(key, individuals=["brown"], body_parts=["snout"])
+    assert one.shape == (160, 3)
+    with pytest.raises(ValueError, match="Unknown individuals"):
+        model.PoseEstimation.get_trajectory(key, individuals=["grey"])
+    h5, csv = model.PoseEstimation.export_dlc(key, data_root / "pair_out" / "pairDLC.h5")
+    back = pd.read_hdf(h5)
+    pd.testing.assert_frame_equal(back, df, check_names=False)
+    assert csv.read_text().splitlines()[1].startswith("individuals")
+
+    # load mode: the exported file under its own external model
+    ext = model.Model.from_output_file(h5, "pair_dlc_ext")
+    assert model.Model.individuals(ext) == ["dark", "brown"]
+    task = model.PoseEstimationTask.add(pair_db["recording"], ext, mode="load", output_path=h5)
+    model.PoseEstimation.populate(task)
+    loaded, parts, names = model.PoseEstimation.multi_pose_array(task)
+    original, _, _ = model.PoseEstimation.multi_pose_array(key)
+    np.testing.assert_allclose(loaded, original, rtol=1e-6)
+    assert names == ["dark", "brown"]
+    assert {r["identity_source"] for r in (model.PoseEstimation.Individual & task).to_dicts()} \
+        == {"file"}
+
+
+def test_multianimal_bad_tasks_insert_nothing(pipeline, pair_db, data_root):
+    model = pipeline.model
+    h5 = data_root / "pair_out" / "pairDLC.h5"
+    if not h5.is_file():
+        model.PoseEstimation.export_dlc(pair_db["pose"], h5)
+    before = len(model.PoseEstimation())
+    # a single-animal model with a multi-animal file
+    single = model.Model.from_external("pair_single_ext", "DeepLabCut", BODYPARTS,
+                                       scorer=model.Model.scorer if False else "x")
+    task = model.PoseEstimationTask.add(pair_db["recording"], single, mode="load",
+                                        output_path=h5)
+    with pytest.raises(ValueError, match="holds 2 animals.*single-animal"):
+        model.PoseEstimation().make(task)
+    # a model expecting other individuals
+    other = model.Model.from_external("pair_other_ext", "DeepLabCut", BODYPARTS, scorer="x",
+                                      individuals=["female", "male"])
+    task2 = model.PoseEstimationTask.add(pair_db["recording"], other, mode="load",
+                                         output_path=h5)
+    with pytest.raises(ValueError, match="expects \\['female', 'male'\\]"):
+        model.PoseEstimation().make(task2)
+    assert len(model.PoseEstimation()) == before
+    assert not model.PoseEstimation.Individual & task2
+    # multi-animal options for a single-animal model
+    with pytest.raises(ValueError, match="single-animal model.*max_animals"):
+        model.PoseEstimationTask.add(pair_db["recording"], single, mode="load",
+                                     output_path=h5, max_animals=2)
+    with pytest.raises(TypeError, match="max_animals must be a positive int"):
+        model.PoseEstimationTask.add(pair_db["recording"], pair_db["model"], max_animals="2")
+    (model.PoseEstimationTask & task).delete(prompt=False)
+    (model.PoseEstimationTask & task2).delete(prompt=False)
+
+
+def test_multianimal_filtered_video_and_nwb(pipeline, pair_db, tmp_path):
+    model = pipeline.model
+    key = pair_db["pose"]
+    filt = model.PoseFilterParamSet.insert_new_params({"confidence_threshold": 0.5, "max_gap": 3,
+                                                       "smoothing": "median", "window": 3})
+    fkey = {**key, **filt}
+    model.FilteredPose.populate(fkey)
+    filtered, parts, names = model.FilteredPose.pose_data(fkey)
+    raw, _, _ = model.PoseEstimation.pose_data(key)
+    assert filtered.shape == raw.shape == (160, 2, 4, 3) and names == ["dark", "brown"]
+    assert np.nanmedian(np.abs(filtered[..., :2] - raw[..., :2])) < 1.0
+    assert len(model.FilteredPose.IndividualPosition & fkey) == 8
+    with pytest.raises(ValueError, match="several animals"):
+        model.FilteredPose.pose_array(fkey)
+
+    model.LabeledVideoTask.insert1({**key, "video_id": 0, "filter_paramset_id": None})
+    model.LabeledVideo.populate(key)
+    out = tmp_path / "labeled.mp4"
+    out.write_bytes((model.LabeledVideo & key).fetch1("video").read())
+    drawn = next(iter_frames(out)).astype(int)
+    original = next(iter_frames(pair_db["sample"].video_path)).astype(int)
+    changed = np.abs(drawn - original).max(axis=-1) > 60
+    # each animal is drawn in its own colour: the two animals' marks differ in hue
+    colours = []
+    for g in range(2):
+        x, y = pair_db["sample"].keypoints[0, g, 0].round().astype(int)
+        patch = changed[max(y - 3, 0):y + 4, max(x - 3, 0):x + 4]
+        assert patch.any()
+        colours.append(drawn[max(y - 3, 0):y + 4, max(x - 3, 0):x + 4][patch].mean(axis=0))
+    assert np.abs(colours[0] - colours[1]).max() > 40
+
+    from element_pose.io.nwb import read_nwb_pose
+
+    nwb = model.export_nwb(key, tmp_path / "pair.nwb", subject={"age": "P90D"})
+    for g, name in enumerate(names):
+        pose, got_parts, _ = read_nwb_pose(nwb, name=f"PoseEstimation_{name}")
+        assert got_parts == BODYPARTS
+        np.testing.assert_allclose(pose, raw[:, g], rtol=1e-6)
