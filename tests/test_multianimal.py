@@ -284,19 +284,6 @@ def test_multianimal_training_and_model_rows(pipeline, pair_db):
     assert len(row["auto_report"]["centroid"]["learning_curve"]) > 0
     assert model.Model.individuals(pair_db["tiny"]) == ["dark", "brown"]
     assert model.Model.is_multianimal(pair_db["model"])
-    # multi-animal settings on a single-animal dataset: a clear error, no row
-    single = make_pair_sample  # noqa: F841 (keeps the import used when the module is cut)
-    with pytest.raises(ValueError, match="labels one animal"):
-        from element_pose.sample import make_sample
-
-        root = Path(pipeline.get_pose_root_data_dir()[0])
-        s = make_sample(root / "one_mouse", n_frames=12, n_labeled=8, width=96, height=72)
-        ds = train.LabeledDataset.import_dlc(s.project_dir, "one_mouse")
-        sp = train.DataSplit.random(ds, test_fraction=0.25, seed=0)
-        t = {**sp, **train.TrainingParamSet.insert_new_params(TINY_MULTI), "run_id": 0}
-        train.TrainingTask.insert1(t, skip_duplicates=True)
-        train.ModelTraining().make(t)
-    assert not train.ModelTraining & t
 
 
 def test_multianimal_evaluation(pipeline, pair_db):
@@ -368,6 +355,54 @@ def test_multianimal_trajectory_export_and_load(pipeline, pair_db, data_root):
         == {"file"}
 
 
+def _sleap_tracked_predictions(path: Path, video_path: Path, pose: np.ndarray,
+                               names: list[str]) -> Path:
+    """A SLEAP predictions file: (F, I, K, 3) pose as predicted instances on named tracks."""
+    import sleap_io as sio
+
+    skeleton = sio.Skeleton(list(BODYPARTS))
+    video = sio.Video.from_filename(str(video_path))
+    tracks = [sio.Track(name) for name in names]
+    frames = []
+    for i, animals in enumerate(pose):
+        instances = [sio.PredictedInstance.from_numpy(p[:, :2], skeleton=skeleton,
+                                                      point_scores=p[:, 2], score=1.0,
+                                                      track=tracks[g])
+                     for g, p in enumerate(animals) if np.isfinite(p[:, :2]).any()]
+        frames.append(sio.LabeledFrame(video=video, frame_idx=i, instances=instances))
+    labels = sio.Labels(labeled_frames=frames, videos=[video], skeletons=[skeleton],
+                        tracks=tracks)
+    labels.provenance["sleap_version"] = "1.4.1"
+    if path.name.endswith(".analysis.h5"):
+        sio.save_analysis_h5(labels, str(path))
+    else:
+        sio.save_slp(labels, str(path))
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".slp", ".analysis.h5"])
+def test_multianimal_sleap_predictions_load_by_track(pipeline, pair_db, data_root, suffix):
+    model = pipeline.model
+    pose, _, names = model.PoseEstimation.multi_pose_array(pair_db["pose"])
+    pose = pose.copy()
+    pose[5, 1] = np.nan  # 'brown' not predicted in frame 5
+    video = model.VideoRecording.file_paths(pair_db["recording"])[0]
+    path = _sleap_tracked_predictions(data_root / "pair_out" / f"pair_pred{suffix}", video,
+                                      pose, names)
+    ext = model.Model.from_output_file(path, f"pair_sleap{suffix.replace('.', '_')}")
+    assert model.Model.individuals(ext) == names
+    assert (model.Model & ext).fetch1("source_tool") == "SLEAP"
+    task = model.PoseEstimationTask.add(pair_db["recording"], ext, mode="load",
+                                        output_path=path)
+    model.PoseEstimation.populate(task)
+    loaded, parts, got = model.PoseEstimation.multi_pose_array(task)
+    assert got == names and parts == BODYPARTS
+    np.testing.assert_allclose(loaded[..., :2], pose[..., :2], rtol=1e-5)
+    assert np.isnan(loaded[5, 1]).all()
+    rows = (model.PoseEstimation.Individual & task).to_dicts(order_by="individual_index")
+    assert [r["frames_present"] for r in rows] == [160, 159]
+
+
 def test_multianimal_bad_tasks_insert_nothing(pipeline, pair_db, data_root):
     model = pipeline.model
     h5 = data_root / "pair_out" / "pairDLC.h5"
@@ -380,14 +415,14 @@ def test_multianimal_bad_tasks_insert_nothing(pipeline, pair_db, data_root):
     task = model.PoseEstimationTask.add(pair_db["recording"], single, mode="load",
                                         output_path=h5)
     with pytest.raises(ValueError, match="holds 2 animals.*single-animal"):
-        model.PoseEstimation().make(task)
+        model.PoseEstimation.populate(task)
     # a model expecting other individuals
     other = model.Model.from_external("pair_other_ext", "DeepLabCut", BODYPARTS, scorer="x",
                                       individuals=["female", "male"])
     task2 = model.PoseEstimationTask.add(pair_db["recording"], other, mode="load",
                                          output_path=h5)
     with pytest.raises(ValueError, match="expects \\['female', 'male'\\]"):
-        model.PoseEstimation().make(task2)
+        model.PoseEstimation.populate(task2)
     assert len(model.PoseEstimation()) == before
     assert not model.PoseEstimation.Individual & task2
     # multi-animal options for a single-animal model

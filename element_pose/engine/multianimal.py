@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from element_pose.engine.augment import affine_matrix, apply_affine
 from element_pose.engine.autoconfig import ITERATION_BUDGET, REFERENCE_CROP, STRIDE_COST
-from element_pose.engine.checkpoint import FORMAT_VERSION, MODEL_KIND, atomic_save
+from element_pose.engine.checkpoint import FORMAT_VERSION, MODEL_KIND, atomic_save, load_model_file
 from element_pose.engine.config import ConfigError, EngineConfig, _build, _to_plain
 from element_pose.engine.data import validate_images
 from element_pose.engine.network import build_network
@@ -533,12 +533,7 @@ def load_multianimal_model(path: str | Path, device: str = "auto") -> MultiAnima
         Not a multi-animal model file (a single-animal one: use
         :func:`element_pose.engine.predict.load_model`).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Model file not found: {path}.")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("kind") != MODEL_KIND:
-        raise ValueError(f"{path} is not an element-pose model file.")
+    payload = load_model_file(path)
     if not payload.get("multianimal"):
         raise ValueError(f"{path} holds a single-animal model; it detects one animal per frame. "
                          "Load it with element_pose.engine.predict.load_model, or train a "

@@ -315,6 +315,11 @@ def load_model(checkpoint_path: str | Path, device: str = "auto") -> PoseModel:
         Missing file, not an element-pose model file, or one of a newer format.
     """
     payload = load_model_file(checkpoint_path)
+    if payload.get("multianimal"):
+        raise ValueError(f"{checkpoint_path} holds a multi-animal model (individuals "
+                         f"{payload.get('individuals')}); load it with "
+                         "element_pose.engine.multianimal.load_multianimal_model (or "
+                         "load_any_model), which detects several animals per frame.")
     config = EngineConfig.from_dict(payload["config"])
     bodyparts = list(payload["bodyparts"])
     network = build_network(config.replace(pretrained="none"), len(bodyparts))
