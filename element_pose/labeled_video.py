@@ -53,6 +53,17 @@ def bodypart_colors(bodyparts: Sequence[str] | int, colormap: str = "jet") -> li
     return [tuple(int(round(255 * c)) for c in cmap(float(p))[:3]) for p in positions]
 
 
+def animal_colors(n: int) -> list[tuple[int, int, int]]:
+    """One RGB colour per animal: tab10's distinct colours in order (blue, orange, green,
+    ...), then evenly from "hsv" for more than ten animals."""
+    import matplotlib
+
+    if n <= 10:
+        cmap = matplotlib.colormaps["tab10"]
+        return [tuple(int(round(255 * c)) for c in cmap(i)[:3]) for i in range(n)]
+    return bodypart_colors(n, "hsv")
+
+
 def _default_radius(height: int, width: int) -> int:
     return max(2, int(round(max(height, width) / 160)))
 
@@ -259,7 +270,7 @@ def write_labeled_video(
     if pose.ndim == 3:
         colors = bodypart_colors(bodyparts, colormap)
     else:  # one colour per animal, for its parts and its skeleton
-        animal_colors = bodypart_colors(pose.shape[1], "tab10" if pose.shape[1] <= 10 else colormap)
+        colors_per_animal = animal_colors(pose.shape[1])
     edges = _skeleton_indices(skeleton, bodyparts, len(bodyparts))
 
     infos = [probe_video(p, progress=progress) for p in paths]
@@ -297,7 +308,7 @@ def write_labeled_video(
                                         hide_below_cutoff=hide_below_cutoff)
                 else:
                     labeled = frame
-                    for i, color in enumerate(animal_colors):
+                    for i, color in enumerate(colors_per_animal):
                         labeled = draw_pose(labeled, pose[index, i], [color] * len(bodyparts),
                                             pcutoff=pcutoff, skeleton=edges,
                                             dot_radius=dot_radius, skeleton_color=color,
