@@ -56,6 +56,8 @@ logger = logging.getLogger(__name__)
 
 #: Wanted length (network px) of an animal on the centroid network's input.
 CENTROID_ANIMAL_PX = 24.0
+#: Largest training crop (network px) of the centroid network.
+CENTROID_CROP = 160
 #: Prefix of the instance network's identity channels.
 IDENTITY_PREFIX = "identity:"
 
@@ -197,9 +199,10 @@ def plan(image_sizes: Sequence[tuple[int, int]], keypoints: np.ndarray, config: 
                             "a fifth of the median animal length")
     n_frames, n_instances = len(keypoints), int(labeled.sum())
 
-    ccrop = _round_up(frame_side * cscale - 1, 16)
-    if ccrop > 288:  # big arenas: crops around the animals, not the whole frame
-        ccrop = 256
+    # The centroid network trains on crops of at most CENTROID_CROP px (over six animal
+    # lengths of context) rather than whole frames: a crop costs a third of a 272 px frame,
+    # so the same time buys three times the iterations; it runs on whole frames all the same.
+    ccrop = min(_round_up(frame_side * cscale - 1, 16), CENTROID_CROP)
     cits = ma.centroid_iterations
     if cits == "auto":
         cits = pick("centroid_iterations", _budget_iterations(ccrop, 4, n_frames, 0.4),
@@ -220,7 +223,16 @@ def plan(image_sizes: Sequence[tuple[int, int]], keypoints: np.ndarray, config: 
         if aug[key] == "auto":
             aug[key] = value
     aug.update(crop_around_keypoints=1.0, part_crop_fraction=0.0)
-    instance = config.replace(input_scale=1.0, crop_size=int(crop), augmentation=aug, **length)
+    stride = config.output_stride
+    if stride == "auto":
+        # Each channel holds one part of the centred animal, so parts close to each other
+        # (a fly's eyes and head) never share a heatmap; a coarser heatmap learns much
+        # faster from scratch (sleap-fly-clip: stride 2 was chosen by the single-animal rule
+        # and its legs were still 40-50 px off after 2200 iterations, BENCHMARKS.md).
+        stride = pick("instance_output_stride", 4,
+                      "one centred animal per crop: stride 4, whatever the part spacing")
+    instance = config.replace(input_scale=1.0, crop_size=int(crop), augmentation=aug,
+                              output_stride=stride, **length)
     resolved = MultiAnimalConfig.from_dict({
         **ma.to_dict(), "max_animals": int(max_animals), "centroid_input_scale": float(cscale),
         "instance_input_scale": float(iscale), "instance_crop_size": int(crop),
