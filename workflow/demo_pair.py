@@ -55,6 +55,7 @@ def run_pair_demo(out_dir: str | Path | None = None, train_seconds: float | None
     from element_pose import plotting
     from element_pose.db import home
     from element_pose.engine.video import read_frame
+    from element_pose.labeled_video import animal_colors
     from element_pose.sample import make_pair_sample
     from workflow.pipeline import (
         Device,
@@ -133,7 +134,10 @@ def run_pair_demo(out_dir: str | Path | None = None, train_seconds: float | None
     frame_index = len(pose) // 2
     figure, ax = plt.subplots(figsize=(6.4, 4.8))
     ax.imshow(read_frame(outputs["labeled video"], frame_index))
-    ax.set_title(f"frame {frame_index}: {', '.join(names)}")
+    ax.set_title(f"frame {frame_index}", loc="left")
+    for g, (name, rgb) in enumerate(zip(names, animal_colors(len(names)), strict=True)):
+        ax.text(0.35 + 0.2 * g, 1.01, name, color=np.asarray(rgb) / 255, fontweight="bold",
+                transform=ax.transAxes, va="bottom")  # the colour the video draws it in
     ax.axis("off")
     outputs["labeled frame"] = out / "pair_labeled_frame.png"
     figure.savefig(outputs["labeled frame"], dpi=100, bbox_inches="tight")
