@@ -38,6 +38,22 @@ def _step(message: str) -> None:
     print(f"\n== {message}", flush=True)
 
 
+def connect(out_dir: str | Path | None, default: str) -> tuple[Path, Path]:
+    """Declare the pipeline (connecting to the database) and make the output folder.
+
+    Returns the first root data directory and the output folder (``out_dir``, or
+    ``<ELEMENT_POSE_HOME>/<default>``).
+    """
+    _step("Connecting and declaring the pipeline")
+    from element_pose.db import home
+    from workflow.pipeline import connection_info, get_pose_root_data_dir
+
+    print(connection_info.describe())
+    out = Path(out_dir) if out_dir else home() / default
+    out.mkdir(parents=True, exist_ok=True)
+    return Path(get_pose_root_data_dir()[0]), out
+
+
 def run_demo(out_dir: str | Path | None = None, train_seconds: float | None = None) -> dict:
     """Run the whole demo and print a summary.
 
@@ -54,25 +70,10 @@ def run_demo(out_dir: str | Path | None = None, train_seconds: float | None = No
         Figures of the summary (test error, frames per second, output paths).
     """
     started = time.perf_counter()
-    _step("Connecting and declaring the pipeline")
+    root, out = connect(out_dir, "demo")
     from element_pose import plotting
     from element_pose.sample import make_sample
-    from workflow.pipeline import (
-        Device,
-        Session,
-        Subject,
-        connection_info,
-        get_pose_root_data_dir,
-        model,
-        train,
-    )
-
-    print(connection_info.describe())
-    root = Path(get_pose_root_data_dir()[0])
-    from element_pose.db import home
-
-    out = Path(out_dir) if out_dir else home() / "demo"
-    out.mkdir(parents=True, exist_ok=True)
+    from workflow.pipeline import Device, Session, Subject, model, train
 
     _step("Generating sample videos (a mouse-like animal on a textured arena)")
     samples = {}

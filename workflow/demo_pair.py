@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workflow.demo import _step
+from workflow.demo import _step, connect
 
 # Small networks for a 2-core CPU; both are trained from random initialisation.
 PAIR_PARAMS = {
@@ -49,28 +49,14 @@ def run_pair_demo(out_dir: str | Path | None = None, train_seconds: float | None
         Figures of the summary (errors, detection and identity figures, speed, outputs).
     """
     started = time.perf_counter()
-    _step("Connecting and declaring the pipeline")
+    root, out = connect(out_dir, "demo_pair")
     import matplotlib.pyplot as plt
 
     from element_pose import plotting
-    from element_pose.db import home
     from element_pose.engine.video import read_frame
     from element_pose.labeled_video import animal_colors
     from element_pose.sample import make_pair_sample
-    from workflow.pipeline import (
-        Device,
-        Session,
-        Subject,
-        connection_info,
-        get_pose_root_data_dir,
-        model,
-        train,
-    )
-
-    print(connection_info.describe())
-    root = Path(get_pose_root_data_dir()[0])
-    out = Path(out_dir) if out_dir else home() / "demo_pair"
-    out.mkdir(parents=True, exist_ok=True)
+    from workflow.pipeline import Device, Session, Subject, model, train
 
     _step("Generating a video of two animals (dark and brown) that cross each other")
     folder = root / "demo_pair"

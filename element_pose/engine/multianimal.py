@@ -48,7 +48,7 @@ from element_pose.engine.checkpoint import FORMAT_VERSION, MODEL_KIND, atomic_sa
 from element_pose.engine.config import ConfigError, EngineConfig, _build, _to_plain
 from element_pose.engine.data import validate_images
 from element_pose.engine.network import build_network
-from element_pose.engine.predict import PoseModel, iter_video_batches
+from element_pose.engine.predict import PoseModel, batches_by_shape, iter_video_batches
 from element_pose.engine.targets import decode, find_peaks
 from element_pose.engine.train import TrainResult, library_versions, train
 
@@ -483,16 +483,10 @@ class MultiAnimalModel:
         imgs = validate_images(images)
         parts = []
         order: list[int] = []
-        by_shape: dict[tuple[int, ...], list[int]] = {}
-        for i, image in enumerate(imgs):
-            by_shape.setdefault(image.shape, []).append(i)
-        for idx in by_shape.values():
-            for s in range(0, len(idx), batch_size):
-                chunk = idx[s:s + batch_size]
-                batch = torch.from_numpy(np.stack([imgs[i] for i in chunk])).to(self._dev)
-                parts.append(tuple(None if t is None else t.cpu().numpy()
-                                   for t in self._infer(batch)))
-                order.extend(chunk)
+        for chunk, batch in batches_by_shape(imgs, batch_size):
+            out = self._infer(torch.from_numpy(batch).to(self._dev))
+            parts.append(tuple(None if t is None else t.cpu().numpy() for t in out))
+            order.extend(chunk)
         result = self._concat(parts)
         inverse = np.argsort(order)
         return MultiAnimalPoses(result.poses[inverse], result.scores[inverse],

@@ -120,14 +120,8 @@ class PoseModel:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         imgs = validate_images(images)
         out = np.zeros((len(imgs), len(self.bodyparts), 3), dtype=np.float32)
-        by_shape: dict[tuple[int, ...], list[int]] = {}
-        for i, image in enumerate(imgs):
-            by_shape.setdefault(image.shape, []).append(i)
-        for idx in by_shape.values():
-            for s in range(0, len(idx), batch_size):
-                chunk = idx[s:s + batch_size]
-                batch = np.stack([imgs[i] for i in chunk])
-                out[chunk] = self._infer(self._to_device(batch)).cpu().numpy()
+        for chunk, batch in batches_by_shape(imgs, batch_size):
+            out[chunk] = self._infer(self._to_device(batch)).cpu().numpy()
         return out
 
     def predict_video(self, paths: str | Path | Sequence[str | Path], batch_size: int = 8,
@@ -304,6 +298,18 @@ def _decode_batches(paths: Sequence[str | Path], batch_size: int, stop: int | No
             cap.release()
         if stop is not None and count >= stop:
             break
+
+
+def batches_by_shape(images: Sequence[np.ndarray], batch_size: int
+                     ) -> Iterator[tuple[list[int], np.ndarray]]:
+    """Batches of frames of one size: (indices into ``images``, stacked (B, H, W, 3) array)."""
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, image in enumerate(images):
+        by_shape.setdefault(image.shape, []).append(i)
+    for idx in by_shape.values():
+        for s in range(0, len(idx), batch_size):
+            chunk = idx[s:s + batch_size]
+            yield chunk, np.stack([images[i] for i in chunk])
 
 
 def load_model(checkpoint_path: str | Path, device: str = "auto") -> PoseModel:
