@@ -126,6 +126,14 @@ def test_prepare_config_holds_back_training_frames_only():
     assert np.array_equal(val, validation_split(40, 0.1, 0))
     assert len(validation_split(8, 0.1, 0)) == 0  # too few frames: no validation
     assert cfg.auto_keys() == []
+    # iterations were "auto": the speed was measured on this device and the count fits it
+    chosen = report["chosen"]["iterations"]
+    assert chosen["seconds_per_iteration"] > 0 and "measured" in chosen["reason"]
+    resumed, report2, _ = prepare_config(images, kp, EngineConfig(validation_fraction=0.1),
+                                         resume_config={"iterations": 1234,
+                                                        "validation_every": 77})
+    assert (resumed.iterations, resumed.validation_every) == (1234, 77)
+    assert "resumes" in report2["chosen"]["iterations"]["reason"]
     with pytest.raises(ConfigError, match="batch_size"):
         prepare_config(images[:9], kp[:9], EngineConfig(batch_size=10))
 
@@ -186,3 +194,51 @@ def test_iterations_stay_within_the_time_budget():
     mine, _ = resolve_config(EngineConfig.from_dict({"crop_size": 192, "output_stride": 2,
                                                      "iterations": 5000}), stats)
     assert mine.iterations == 5000  # a value the user set is kept
+
+
+def test_iterations_fit_the_training_minutes_at_the_measured_speed():
+    """With a measured speed the count fits the time budget (or ``max_seconds``); a fast
+    device keeps the data's count."""
+    import math
+
+    from element_pose.engine.autoconfig import TRAINING_MINUTES, TRAINING_OVERHEAD
+
+    rng = np.random.default_rng(3)
+    stats = dataset_stats([(640, 480)] * 100, _animal(100, rng, 640, 480, 60.0))
+    cfg = EngineConfig.from_dict({"crop_size": 128, "output_stride": 4})
+    slow, report = resolve_config(cfg, stats, seconds_per_iteration=1.0)
+    fit = TRAINING_MINUTES * 60 / TRAINING_OVERHEAD
+    assert slow.iterations == int(round(fit / 100) * 100) < 3000
+    assert report["chosen"]["iterations"]["seconds_per_iteration"] == 1.0
+    fast, _ = resolve_config(cfg, stats, seconds_per_iteration=0.01)
+    assert fast.iterations == 3000  # 30 passes over 100 frames: the budget does not bind
+    capped, _ = resolve_config(cfg.replace(max_seconds=300.0), stats, seconds_per_iteration=1.0)
+    assert capped.iterations == int(round(300 / TRAINING_OVERHEAD / 100) * 100)
+    # a very slow device gets fewer than 1000 rather than blowing the budget
+    crawl, _ = resolve_config(cfg, stats, seconds_per_iteration=8.0)
+    assert crawl.iterations <= math.ceil(fit / 8.0 / 100) * 100 < 1000
+
+
+def test_measuring_the_speed_leaves_the_random_state_alone():
+    import torch
+
+    from element_pose.engine.train import measure_iteration_seconds
+
+    cfg = EngineConfig.from_dict({"crop_size": 64, "output_stride": 4, "batch_size": 2,
+                                  "input_scale": 1.0, "iterations": 10, "sigma": 4.0})
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    seconds = measure_iteration_seconds(cfg, n_keypoints=3, repeats=1)
+    assert 0 < seconds < 60
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_whole_frames_of_a_fixed_view_keep_the_full_iteration_count():
+    """Small frames: the crop is the whole frame, light geometry, and no cut for its size."""
+    rng = np.random.default_rng(8)
+    kp = _animal(100, rng, 400, 400, 150.0)
+    stats = dataset_stats([(400, 400)] * 100, kp)
+    cfg, report = resolve_config(EngineConfig.from_dict({"input_scale": 0.5}), stats)
+    assert cfg.crop_size == 208 and cfg.augmentation.rotation == FIXED_GEOMETRY["rotation"]
+    assert "scaled by 1.00" in report["chosen"]["iterations"]["reason"]
+    assert cfg.output_stride == 8  # 26 cells still >= MIN_HEATMAP_CELLS

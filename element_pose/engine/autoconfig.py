@@ -26,10 +26,12 @@ The rules, in network-input pixels (after ``input_scale``):
   moving animal, light when the crop is the whole frame (the camera's fixed view then says
   where each part is: on mirror-mouse light changes halved the error at equal time);
 * **iterations**: about 30 passes per training frame, within [1500, 6000], fewer for big
-  crops (each one already holds the whole animal), and at most ``ITERATION_BUDGET`` divided
-  by the relative cost of one iteration (crop area x ``STRIDE_COST``), so a default run
-  takes about 20 minutes at most on a 2-core CPU; validation stops earlier when the
-  held-back frames stop improving.
+  crops that follow the animal (each one already holds it; whole frames of a fixed view keep
+  the full count), and at most what fits ``TRAINING_MINUTES`` (or ``max_seconds``) at the
+  speed measured on this device just before training (:func:`measure_iteration_seconds`),
+  so a default run ends in about 25 minutes on any machine; without a measurement, a cost
+  model (crop area x ``STRIDE_COST``) in ``ITERATION_BUDGET`` units stands in. Validation
+  stops earlier when the held-back frames stop improving.
 """
 
 from __future__ import annotations
@@ -44,8 +46,11 @@ from element_pose.engine.config import ConfigError, EngineConfig
 
 #: Wanted median distance (network-input px) between a body part and its nearest neighbour.
 TARGET_SPACING = 8.0
-#: Frames up to this side (px) are not shrunk below it: resolution for small frames.
-MIN_FRAME_SIDE = 256
+#: Frames up to this side (px) are not shrunk below it: resolution for small frames. On a CPU
+#: a smaller whole frame buys iterations: mirror-mouse at 0.5 (200 px) beat 0.63 (256 px) in
+#: equal time on a GPU (6.2 vs 8.5 px, BENCHMARKS.md), and a CPU gains more from the
+#: smaller crop (0.89 vs 1.35 s per iteration on the 2-core benchmark machine).
+MIN_FRAME_SIDE = 200
 #: Largest automatic crop side (network-input px): bounds CPU time per iteration.
 MAX_CROP = 320
 #: Smallest automatic crop side.
@@ -53,7 +58,7 @@ MIN_CROP = 128
 #: Smallest automatic input scale.
 MIN_SCALE = 0.2
 #: Smallest automatic heatmap side (cells) when choosing a coarser output stride.
-MIN_HEATMAP_CELLS = 32
+MIN_HEATMAP_CELLS = 24
 #: Geometric augmentation for crops that follow a freely moving animal ...
 FREE_GEOMETRY = {"rotation": 30.0, "scale": (0.75, 1.3), "translate": 0.2}
 #: ... and for whole-frame crops of a fixed view.
@@ -64,9 +69,15 @@ FIXED_GEOMETRY = {"rotation": 10.0, "scale": (0.9, 1.1), "translate": 0.05}
 #: anipose-side, 192 px / stride 2: about 2x that; BENCHMARKS.md).
 REFERENCE_CROP = 160
 STRIDE_COST = {2: 1.35, 4: 1.0, 8: 0.85, 16: 0.8, 32: 0.8}
-#: Most automatic iterations in reference units: about 20 minutes of training on that
-#: machine, so a default run with its evaluation stays within 25 minutes.
+#: Most automatic iterations in reference units when the speed is not measured: about 20
+#: minutes of training on the machine the costs were measured on.
 ITERATION_BUDGET = 3600
+#: Training minutes the automatic iteration count aims at, at the measured speed, so a
+#: default run with import and evaluation stays within 25 minutes.
+TRAINING_MINUTES = 21.0
+#: Measured seconds per iteration are those of the network alone; data preparation in the
+#: background thread and validation add about this fraction on a 2-core CPU.
+TRAINING_OVERHEAD = 1.12
 #: Bytes of CPU training memory (activations, gradients) per input pixel and sample, by
 #: backbone (cut at stride 16, float32): 1.5x what ``benchmarks/training_memory.py`` measured
 #: for a batch of 8 crops of 256 px (BENCHMARKS.md).
@@ -181,7 +192,8 @@ def _crop_for(stats: DatasetStats, scale: float, augmentation_zoom: float) -> tu
 
 
 def resolve_config(config: EngineConfig, stats: DatasetStats,
-                   reference: EngineConfig | None = None) -> tuple[EngineConfig, dict]:
+                   reference: EngineConfig | None = None,
+                   seconds_per_iteration: float | None = None) -> tuple[EngineConfig, dict]:
     """Replace the ``"auto"`` values of ``config`` by values chosen from ``stats``.
 
     Parameters
@@ -193,6 +205,10 @@ def resolve_config(config: EngineConfig, stats: DatasetStats,
     reference : EngineConfig, optional
         Config of a model training starts from: its input scale and output stride are kept
         (the features were learned at that scale) unless set in ``config``.
+    seconds_per_iteration : float, optional
+        Measured training speed at the resolved crop and stride on the device that will
+        train (:func:`measure_iteration_seconds`): the automatic iteration count then fits
+        ``max_seconds`` or ``TRAINING_MINUTES``. Without it a cost model stands in.
 
     Returns
     -------
@@ -280,17 +296,29 @@ def resolve_config(config: EngineConfig, stats: DatasetStats,
     if iterations == "auto":
         n = max(stats.n_frames, 1)
         base = min(max(30 * n, 1500), 6000)
-        # A big crop holds the whole animal: fewer, costlier iterations see as much.
-        factor = min(1.0, (192.0 / crop) ** 2) ** 0.5
-        cost = (int(crop) / REFERENCE_CROP) ** 2 * STRIDE_COST.get(int(stride), 1.0)
-        iterations = min(base * factor, ITERATION_BUDGET / cost)
-        iterations = max(int(round(iterations / 100.0) * 100), 1000)
+        # A big crop that follows the animal holds all of it: fewer, costlier iterations see
+        # as much. Whole frames of a fixed view are not helped by that: each iteration shows
+        # every frame once, and they kept improving up to 6000 iterations (mirror-mouse).
+        factor = 1.0 if whole_frame else min(1.0, (192.0 / crop) ** 2) ** 0.5
+        if seconds_per_iteration:
+            budget = config.max_seconds or TRAINING_MINUTES * 60
+            fit = budget / (seconds_per_iteration * TRAINING_OVERHEAD)
+            limit = (f"at most the {fit:.0f} that fit {budget / 60:.1f} training minutes at "
+                     f"the measured {seconds_per_iteration:.3f} s per iteration")
+        else:
+            cost = (int(crop) / REFERENCE_CROP) ** 2 * STRIDE_COST.get(int(stride), 1.0)
+            fit = ITERATION_BUDGET / cost
+            limit = (f"at most {ITERATION_BUDGET} / {cost:.2f} (the modelled cost of a {crop} "
+                     f"px, stride-{stride} iteration)")
+        iterations = min(base * factor, fit)
+        iterations = max(int(round(iterations / 100.0) * 100), 100 if fit < 1000 else 1000)
         chosen["iterations"] = {
             "value": iterations,
             "reason": f"~30 passes over {n} training frames within [1500, 6000], scaled by "
-                      f"{factor:.2f} for a {crop} px crop, at most {ITERATION_BUDGET} / "
-                      f"{cost:.2f} (the cost of a {crop} px, stride-{stride} iteration); "
-                      "validation may stop earlier"}
+                      f"{factor:.2f} for a {crop} px crop, {limit}; validation may stop "
+                      "earlier"}
+        if seconds_per_iteration:
+            chosen["iterations"]["seconds_per_iteration"] = float(seconds_per_iteration)
     changes["iterations"] = iterations
 
     every = config.validation_every

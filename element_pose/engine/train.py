@@ -134,6 +134,86 @@ def _torch_threads(n: int | None):
         torch.set_num_threads(old)
 
 
+def _to_device_with_optimizer(model: torch.nn.Module, config: EngineConfig,
+                              device: torch.device) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """The network on ``device`` (channels-last if configured) and its AdamW optimizer."""
+    model = model.to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    opt = config.optimizer
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": opt.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=opt.lr, betas=opt.betas)
+    return model, optimizer
+
+
+def _amp_dtype(config: EngineConfig, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for training on ``device``, or None for float32."""
+    if device.type == "cuda":
+        if not config.mixed_precision:
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if config.cpu_bf16 and device.type == "cpu" else None
+
+
+def _step(model, optimizer, scaler, crops: np.ndarray, kps: np.ndarray, config: EngineConfig,
+          device: torch.device, amp_dtype: torch.dtype | None, instances: int = 1):
+    """One optimisation step on a batch of uint8 crops; returns the three loss terms."""
+    x = torch.from_numpy(crops).to(device, non_blocking=True).permute(0, 3, 1, 2)
+    x = model.normalize(x)
+    x = x.contiguous(memory_format=torch.channels_last if config.channels_last else
+                     torch.contiguous_format)
+    kpt = torch.from_numpy(kps).to(device, non_blocking=True)
+    with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
+                        enabled=amp_dtype is not None):
+        heat, off = model(x)
+    targets = merge_instances(
+        make_targets(kpt, tuple(heat.shape[-2:]), config.output_stride, config.sigma,
+                     config.locref_radius), instances)
+    loss, heat_loss, off_loss = pose_loss(heat, off, targets, config.locref_weight)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if config.grad_clip is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss, heat_loss, off_loss
+
+
+def measure_iteration_seconds(config: EngineConfig, n_keypoints: int, repeats: int = 3) -> float:
+    """Seconds one training iteration of ``config`` takes on its device (network only).
+
+    Runs ``repeats`` optimisation steps (after one warm-up) of a fresh network on random
+    crops of the configured size and batch; the global random state is left untouched.
+    """
+    device = torch.device(config.resolved_device())
+    crop, batch = int(config.crop_size), int(config.batch_size)
+    with torch.random.fork_rng(devices=[]), _torch_threads(config.num_threads):
+        torch.manual_seed(0)
+        model, optimizer = _to_device_with_optimizer(build_network(config, n_keypoints),
+                                                     config, device)
+        model.train()
+        amp_dtype = _amp_dtype(config, device)
+        scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+        rng = np.random.default_rng(0)
+        crops = rng.integers(0, 255, (batch, crop, crop, 3), dtype=np.uint8)
+        kps = rng.uniform(0, crop - 1, (batch, n_keypoints, 2)).astype(np.float32)
+        for i in range(repeats + 1):
+            if i == 1:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+            _step(model, optimizer, scaler, crops, kps, config, device, amp_dtype)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    return (time.perf_counter() - t0) / repeats
+
+
 @dataclass
 class EarlyStopping:
     """Best validation error so far and how many validations since it clearly improved.
@@ -184,8 +264,15 @@ def validation_split(n: int, fraction: float, seed: int) -> np.ndarray:
 
 
 def prepare_config(images: Sequence[np.ndarray], keypoints: np.ndarray, config: EngineConfig,
-                   init_config: EngineConfig | None = None) -> tuple[EngineConfig, dict, np.ndarray]:
+                   init_config: EngineConfig | None = None, measure_speed: bool = True,
+                   resume_config: dict | None = None
+                   ) -> tuple[EngineConfig, dict, np.ndarray]:
     """Resolve the ``"auto"`` values from the training frames and check the result fits them.
+
+    With ``iterations="auto"``, the speed of one iteration is measured on the training
+    device (``measure_speed``) so the count fits the time budget; when resuming,
+    ``resume_config`` (the checkpoint's config) supplies the count instead, so a resumed run
+    plans the very schedule it started with.
 
     Returns the resolved config, the report of what was chosen and why, and the indices of
     the validation frames. Raises :class:`ConfigError` before any training for settings that
@@ -199,6 +286,17 @@ def prepare_config(images: Sequence[np.ndarray], keypoints: np.ndarray, config: 
     resolved, report = resolve_config(config, stats, init_config)
     memory = available_memory(resolved.resolved_device())
     check_feasible(resolved, stats, len(fit), memory)
+    if config.iterations == "auto" and resume_config and resume_config.get("iterations"):
+        kept = {"iterations": int(resume_config["iterations"])}
+        if config.validation_every == "auto":
+            kept["validation_every"] = int(resume_config["validation_every"])
+        resolved = resolved.replace(**kept)
+        for key, value in kept.items():
+            report["chosen"][key] = {"value": value,
+                                     "reason": "kept from the checkpoint training resumes"}
+    elif config.iterations == "auto" and measure_speed:
+        seconds = measure_iteration_seconds(resolved, kp.shape[1])
+        resolved, report = resolve_config(config, stats, init_config, seconds)
     report["validation_frames"] = [int(i) for i in val]
     return resolved, report, val
 
@@ -272,7 +370,10 @@ def train(images: Sequence[np.ndarray], keypoints: np.ndarray, bodyparts: Sequen
         init = load_model_file(init_checkpoint)
         init["path"] = str(init_checkpoint)
     init_config = EngineConfig.from_dict(init["config"]) if init else None
-    config, report, val = prepare_config(imgs, kp, config, init_config)
+    found = list_checkpoints(Path(workdir))
+    resume = torch.load(found[-1][1], map_location="cpu", weights_only=True)["config"] \
+        if found else None
+    config, report, val = prepare_config(imgs, kp, config, init_config, resume_config=resume)
     if init_config is not None:
         keys = ("backbone", "backbone_stride", "output_stride", "head_channels")
         differ = {k: (getattr(config, k), getattr(init_config, k)) for k in keys
@@ -316,24 +417,9 @@ def _train(imgs: list[np.ndarray], kp: np.ndarray, bodyparts: list[str], config:
         report["initial_model"] = {"path": init["path"], "matched_bodyparts": matched}
         logger.info("Started from %s: %d of %d body parts matched", init["path"], len(matched),
                     len(bodyparts))
-    use_cl = config.channels_last
-    model = model.to(device)
-    if use_cl:
-        model = model.to(memory_format=torch.channels_last)
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    opt = config.optimizer
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": opt.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=opt.lr, betas=opt.betas)
-    if device.type == "cuda":
-        amp = config.mixed_precision
-        amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
-    else:
-        amp, amp_dtype = config.cpu_bf16 and device.type == "cpu", torch.bfloat16
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
+    model, optimizer = _to_device_with_optimizer(model, config, device)
+    amp_dtype = _amp_dtype(config, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     start, elapsed_before, curve = 0, 0.0, []
     vcurve: list[tuple[float, float]] = []
@@ -410,24 +496,8 @@ def _train(imgs: list[np.ndarray], kp: np.ndarray, bodyparts: list[str], config:
             lr = learning_rate(config, iteration, frac)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x = torch.from_numpy(crops).to(device, non_blocking=True).permute(0, 3, 1, 2)
-            x = model.normalize(x)
-            x = x.contiguous(memory_format=torch.channels_last if use_cl else
-                             torch.contiguous_format)
-            kpt = torch.from_numpy(kps).to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-                heat, off = model(x)
-            targets = merge_instances(
-                make_targets(kpt, tuple(heat.shape[-2:]), config.output_stride, config.sigma,
-                             config.locref_radius), instances)
-            loss, heat_loss, off_loss = pose_loss(heat, off, targets, config.locref_weight)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if config.grad_clip is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
+            loss, heat_loss, off_loss = _step(model, optimizer, scaler, crops, kps, config,
+                                              device, amp_dtype, instances)
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise FloatingPointError(
