@@ -47,8 +47,12 @@ from element_pose.engine.autoconfig import ITERATION_BUDGET, REFERENCE_CROP, STR
 from element_pose.engine.checkpoint import FORMAT_VERSION, MODEL_KIND, atomic_save, load_model_file
 from element_pose.engine.config import ConfigError, EngineConfig, _build, _to_plain
 from element_pose.engine.data import validate_images
-from element_pose.engine.network import build_network
-from element_pose.engine.predict import PoseModel, batches_by_shape, iter_video_batches
+from element_pose.engine.predict import (
+    PoseModel,
+    batches_by_shape,
+    iter_video_batches,
+    model_from_payload,
+)
 from element_pose.engine.targets import decode, find_peaks
 from element_pose.engine.train import TrainResult, library_versions, train
 
@@ -345,19 +349,6 @@ def train_multianimal(images: Sequence[np.ndarray], keypoints: np.ndarray,
         best_iteration=ires.best_iteration, config=config_out, auto_report=report)
 
 
-def is_multianimal_file(path: str | Path) -> bool:
-    """Whether a model file holds a multi-animal model."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    return bool(isinstance(payload, dict) and payload.get("multianimal"))
-
-
-def _pose_model(payload: dict, device: str) -> PoseModel:
-    config = EngineConfig.from_dict(payload["config"])
-    net = build_network(config.replace(pretrained="none"), len(payload["bodyparts"]))
-    net.load_state_dict(payload["state_dict"])
-    return PoseModel(net, config, list(payload["bodyparts"]), device=device)
-
-
 @dataclass
 class MultiAnimalPoses:
     """Detections of :class:`MultiAnimalModel`.
@@ -385,8 +376,8 @@ class MultiAnimalModel:
         self.bodyparts = list(payload["bodyparts"])
         self.individuals = list(payload["individuals"])
         self.settings = MultiAnimalConfig.from_dict(payload["settings"])
-        self.centroid = _pose_model(payload["centroid"], device)
-        self.instance = _pose_model(payload["instance"], device)
+        self.centroid = model_from_payload(payload["centroid"], device, "the centroid network")
+        self.instance = model_from_payload(payload["instance"], device, "the instance network")
         self.config = self.instance.config
         #: The stored config: the instance network's, plus "multianimal" and "centroid".
         self.config_dict = dict(payload["config"])
@@ -549,9 +540,7 @@ def load_multianimal_model(path: str | Path, device: str = "auto") -> MultiAnima
 
 def load_any_model(path: str | Path, device: str = "auto") -> PoseModel | MultiAnimalModel:
     """A single-animal :class:`PoseModel` or a :class:`MultiAnimalModel`, as the file holds."""
-    from element_pose.engine.predict import load_model
-
-    path = Path(path)
-    if path.is_file() and is_multianimal_file(path):
-        return load_multianimal_model(path, device=device)
-    return load_model(path, device=device)
+    payload = load_model_file(path)  # read once: the file says which kind it holds
+    if payload.get("multianimal"):
+        return MultiAnimalModel(payload, device=device)
+    return model_from_payload(payload, device, str(path))

@@ -326,11 +326,18 @@ def load_model(checkpoint_path: str | Path, device: str = "auto") -> PoseModel:
                          f"{payload.get('individuals')}); load it with "
                          "element_pose.engine.multianimal.load_multianimal_model (or "
                          "load_any_model), which detects several animals per frame.")
+    return model_from_payload(payload, device, str(checkpoint_path))
+
+
+def model_from_payload(payload: dict, device: str = "auto", source: str = "the model file"
+                       ) -> PoseModel:
+    """A :class:`PoseModel` from a loaded single-network payload (config, body parts,
+    weights); ``source`` names it in errors."""
     config = EngineConfig.from_dict(payload["config"])
     bodyparts = list(payload["bodyparts"])
     network = build_network(config.replace(pretrained="none"), len(bodyparts))
     try:
         network.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
-        raise ValueError(f"Weights in {checkpoint_path} do not fit its own config: {exc}") from exc
+        raise ValueError(f"Weights in {source} do not fit its own config: {exc}") from exc
     return PoseModel(network, config, bodyparts, device=device)

@@ -193,10 +193,11 @@ def measure_iteration_seconds(config: EngineConfig, n_keypoints: int, repeats: i
     """
     device = torch.device(config.resolved_device())
     crop, batch = int(config.crop_size), int(config.batch_size)
+    # fork_rng restores the CPU generator the random initialisation draws from; pretrained
+    # weights are not loaded (the timing does not depend on them)
     with torch.random.fork_rng(devices=[]), _torch_threads(config.num_threads):
-        torch.manual_seed(0)
-        model, optimizer = _to_device_with_optimizer(build_network(config, n_keypoints),
-                                                     config, device)
+        net = build_network(config.replace(pretrained="none"), n_keypoints)
+        model, optimizer = _to_device_with_optimizer(net, config, device)
         model.train()
         amp_dtype = _amp_dtype(config, device)
         scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
