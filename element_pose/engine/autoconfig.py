@@ -30,8 +30,11 @@ The rules, in network-input pixels (after ``input_scale``):
   the full count), and at most what fits ``TRAINING_MINUTES`` (or ``max_seconds``) at the
   speed measured on this device just before training (:func:`measure_iteration_seconds`),
   so a default run ends in about 25 minutes on any machine; without a measurement, a cost
-  model (crop area x ``STRIDE_COST``) in ``ITERATION_BUDGET`` units stands in. Validation
-  stops earlier when the held-back frames stop improving.
+  model (crop area x ``STRIDE_COST``) in ``ITERATION_BUDGET`` units stands in. When the
+  budget allows too few iterations to converge from scratch, each is made cheaper first
+  (:func:`cheaper_for_budget`: stride 4 instead of 2, then a smaller input scale for crops
+  that follow the animal). Validation stops earlier when the held-back frames stop
+  improving.
 """
 
 from __future__ import annotations
@@ -78,6 +81,17 @@ TRAINING_MINUTES = 21.0
 #: Measured seconds per iteration are those of the network alone; data preparation in the
 #: background thread and validation add about this fraction on a 2-core CPU.
 TRAINING_OVERHEAD = 1.12
+#: From random initialisation, fewer iterations than this leave the network unconverged: when
+#: the time budget allows fewer, each iteration is made cheaper first (see
+#: :func:`cheaper_for_budget`).
+MIN_ITERATIONS = 1500
+#: A stride-2 heatmap learns slowly from random initialisation; it is chosen only when the
+#: budget allows this many iterations (anipose side / mid / top: 1.0-1.5 px with 2900;
+#: side 28.7 px with the 800 a 2-core AVX2 CPU fits in 21 minutes), else stride 4.
+STRIDE2_MIN_ITERATIONS = 2900
+#: Shrinking the input to fit the budget stops where neighbouring parts would come closer
+#: than this (network px).
+MIN_BUDGET_SPACING = 6.0
 #: Bytes of CPU training memory (activations, gradients) per input pixel and sample, by
 #: backbone (cut at stride 16, float32): 1.5x what ``benchmarks/training_memory.py`` measured
 #: for a batch of 8 crops of 256 px (BENCHMARKS.md).
@@ -329,6 +343,44 @@ def resolve_config(config: EngineConfig, stats: DatasetStats,
                                       "reason": "about 20 validations over the run"}
     changes["validation_every"] = every
     return config.replace(**changes), report
+
+
+def cheaper_for_budget(config: EngineConfig, resolved: EngineConfig, stats: DatasetStats
+                       ) -> tuple[EngineConfig, str, str] | None:
+    """One change that makes iterations cheaper when the budget allows too few of them.
+
+    Parameters
+    ----------
+    config : EngineConfig
+        The config as given (``"auto"`` values still in it).
+    resolved : EngineConfig
+        Its resolution at the measured speed.
+    stats : DatasetStats
+        The training frames' statistics.
+
+    Returns
+    -------
+    tuple or None
+        ``config`` with one automatic value fixed to a cheaper one, that key and the
+        reason; None when nothing automatic is left to trade (or nothing needs to be).
+    """
+    its = int(resolved.iterations)
+    if (config.output_stride == "auto" and resolved.output_stride == 2
+            and its < STRIDE2_MIN_ITERATIONS):
+        return (config.replace(output_stride=4), "output_stride",
+                f"stride 2 would get only {its} iterations in the time budget (it learns "
+                f"slowly from scratch; < {STRIDE2_MIN_ITERATIONS}): stride 4, cheaper")
+    scale = float(resolved.input_scale)
+    whole_frame = int(resolved.crop_size) >= 0.8 * stats.max_frame_side * scale
+    smaller = math.floor(scale * 0.8 * 1000) / 1000
+    if (its < MIN_ITERATIONS and config.input_scale == "auto" and config.crop_size == "auto"
+            and not whole_frame and smaller >= MIN_SCALE
+            and stats.part_spacing_px * smaller >= MIN_BUDGET_SPACING):
+        return (config.replace(input_scale=smaller), "input_scale",
+                f"input scale {scale} would get only {its} iterations in the time budget "
+                f"(< {MIN_ITERATIONS}): {smaller}, a smaller crop, keeps neighbouring parts "
+                f"{stats.part_spacing_px * smaller:.1f} px apart")
+    return None
 
 
 def check_feasible(config: EngineConfig, stats: DatasetStats, n_train: int,

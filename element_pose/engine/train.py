@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from element_pose.engine.autoconfig import (
     available_memory,
+    cheaper_for_budget,
     check_feasible,
     dataset_stats,
     resolve_config,
@@ -296,8 +297,20 @@ def prepare_config(images: Sequence[np.ndarray], keypoints: np.ndarray, config: 
             report["chosen"][key] = {"value": value,
                                      "reason": "kept from the checkpoint training resumes"}
     elif config.iterations == "auto" and measure_speed:
-        seconds = measure_iteration_seconds(resolved, kp.shape[1])
-        resolved, report = resolve_config(config, stats, init_config, seconds)
+        traded: dict[str, dict] = {}
+        trying = config
+        while True:
+            seconds = measure_iteration_seconds(resolved, kp.shape[1])
+            resolved, report = resolve_config(trying, stats, init_config, seconds)
+            cheaper = None if init_config is not None else \
+                cheaper_for_budget(trying, resolved, stats)
+            if cheaper is None:
+                break
+            trying, key, reason = cheaper
+            traded[key] = {"value": getattr(trying, key), "reason": reason}
+            resolved, _ = resolve_config(trying, stats, init_config)
+            check_feasible(resolved, stats, len(fit), memory)
+        report["chosen"].update(traded)
     report["validation_frames"] = [int(i) for i in val]
     return resolved, report, val
 
