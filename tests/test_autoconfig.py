@@ -242,3 +242,36 @@ def test_whole_frames_of_a_fixed_view_keep_the_full_iteration_count():
     assert cfg.crop_size == 208 and cfg.augmentation.rotation == FIXED_GEOMETRY["rotation"]
     assert "scaled by 1.00" in report["chosen"]["iterations"]["reason"]
     assert cfg.output_stride == 8  # 26 cells still >= MIN_HEATMAP_CELLS
+
+
+def test_too_few_iterations_in_the_budget_buy_cheaper_ones():
+    """A slow device: stride 2 gives way to stride 4, then a smaller input for crops that
+    follow the animal; whole frames, set values and an initial model's settings are kept."""
+    from element_pose.engine.autoconfig import (
+        MIN_ITERATIONS,
+        STRIDE2_MIN_ITERATIONS,
+        cheaper_for_budget,
+    )
+
+    rng = np.random.default_rng(9)
+    kp = _animal(100, rng, 1280, 1024, 40.0)
+    stats = dataset_stats([(1280, 1024)] * 100, kp)
+    auto = EngineConfig()
+    fine = resolve_config(auto, stats)[0].replace(output_stride=2,
+                                                   iterations=STRIDE2_MIN_ITERATIONS - 100)
+    trying, key, reason = cheaper_for_budget(auto, fine, stats)
+    assert key == "output_stride" and trying.output_stride == 4 and "stride 2" in reason
+    assert cheaper_for_budget(auto, fine.replace(iterations=STRIDE2_MIN_ITERATIONS), stats) \
+        is None
+    slow = resolve_config(trying, stats)[0].replace(iterations=MIN_ITERATIONS - 300)
+    smaller, key, reason = cheaper_for_budget(trying, slow, stats)
+    assert key == "input_scale" and smaller.input_scale < slow.input_scale
+    assert resolve_config(smaller, stats)[0].crop_size <= slow.crop_size
+    assert stats.part_spacing_px * smaller.input_scale >= 6.0
+    # set by the user: nothing is traded
+    mine = EngineConfig.from_dict({"input_scale": float(slow.input_scale), "output_stride": 4})
+    assert cheaper_for_budget(mine, slow, stats) is None
+    # whole frames keep their resolution (the fixed view's detail)
+    small = dataset_stats([(400, 400)] * 100, _animal(100, rng, 400, 400, 150.0))
+    whole = resolve_config(auto, small)[0].replace(iterations=MIN_ITERATIONS - 300)
+    assert cheaper_for_budget(auto, whole, small) is None
