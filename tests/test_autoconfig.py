@@ -52,8 +52,10 @@ def test_resolve_config_from_data_and_overrides_kept():
     assert cfg.crop_size >= small.label_extent_px * cfg.input_scale * 1.3
     assert cfg.crop_size < 1280 * cfg.input_scale
     assert set(report["chosen"]) == {"input_scale", "output_stride", "crop_size", "iterations",
-                                     "validation_every", "sigma", "augmentation.rotation",
-                                     "augmentation.scale", "augmentation.translate"}
+                                     "validation_every", "patience", "sigma",
+                                     "augmentation.rotation", "augmentation.scale",
+                                     "augmentation.translate"}
+    assert cfg.patience == 6  # no measured speed: the data's count, normal early stopping
     # crops that follow a freely moving animal get strong geometric changes
     assert (cfg.augmentation.rotation, cfg.augmentation.scale, cfg.augmentation.translate) == \
         (FREE_GEOMETRY["rotation"], FREE_GEOMETRY["scale"], FREE_GEOMETRY["translate"])
@@ -80,7 +82,7 @@ def test_resolve_config_from_data_and_overrides_kept():
     # every value set by the user is kept and not reported as chosen
     mine, report_mine = resolve_config(EngineConfig.from_dict(
         {"input_scale": 0.5, "crop_size": 224, "output_stride": 8, "iterations": 77,
-         "validation_every": 7, "sigma": 2.5,
+         "validation_every": 7, "patience": 3, "sigma": 2.5,
          "augmentation": {"rotation": 5.0, "scale": [1.0, 1.2], "translate": 0.0}}), small)
     assert (mine.input_scale, mine.crop_size, mine.output_stride, mine.iterations,
             mine.sigma) == (0.5, 224, 8, 77, 2.5)
@@ -131,8 +133,9 @@ def test_prepare_config_holds_back_training_frames_only():
     assert chosen["seconds_per_iteration"] > 0 and "measured" in chosen["reason"]
     resumed, report2, _ = prepare_config(images, kp, EngineConfig(validation_fraction=0.1),
                                          resume_config={"iterations": 1234,
-                                                        "validation_every": 77})
-    assert (resumed.iterations, resumed.validation_every) == (1234, 77)
+                                                        "validation_every": 77,
+                                                        "patience": 17})
+    assert (resumed.iterations, resumed.validation_every, resumed.patience) == (1234, 77, 17)
     assert "resumes" in report2["chosen"]["iterations"]["reason"]
     with pytest.raises(ConfigError, match="batch_size"):
         prepare_config(images[:9], kp[:9], EngineConfig(batch_size=10))
@@ -212,6 +215,10 @@ def test_iterations_fit_the_training_minutes_at_the_measured_speed():
     assert report["chosen"]["iterations"]["seconds_per_iteration"] == 1.0
     fast, _ = resolve_config(cfg, stats, seconds_per_iteration=0.01)
     assert fast.iterations == 3000  # 30 passes over 100 frames: the budget does not bind
+    # a run the budget cut is not cut further by validation noise; an uncut one is
+    assert slow.patience > slow.iterations // slow.validation_every
+    assert "time budget" in report["chosen"]["patience"]["reason"]
+    assert fast.patience == 6
     capped, _ = resolve_config(cfg.replace(max_seconds=300.0), stats, seconds_per_iteration=1.0)
     assert capped.iterations == int(round(300 / TRAINING_OVERHEAD / 100) * 100)
     # a very slow device gets fewer than 1000 rather than blowing the budget

@@ -324,6 +324,7 @@ def resolve_config(config: EngineConfig, stats: DatasetStats,
             fit = ITERATION_BUDGET / cost
             limit = (f"at most {ITERATION_BUDGET} / {cost:.2f} (the modelled cost of a {crop} "
                      f"px, stride-{stride} iteration)")
+        time_limited = fit < base * factor
         iterations = min(base * factor, fit)
         iterations = max(int(round(iterations / 100.0) * 100), 100 if fit < 1000 else 1000)
         chosen["iterations"] = {
@@ -333,6 +334,7 @@ def resolve_config(config: EngineConfig, stats: DatasetStats,
                       "earlier"}
         if seconds_per_iteration:
             chosen["iterations"]["seconds_per_iteration"] = float(seconds_per_iteration)
+            chosen["iterations"]["time_limited"] = bool(time_limited)
     changes["iterations"] = iterations
 
     every = config.validation_every
@@ -342,7 +344,24 @@ def resolve_config(config: EngineConfig, stats: DatasetStats,
         chosen["validation_every"] = {"value": every,
                                       "reason": "about 20 validations over the run"}
     changes["validation_every"] = every
+
+    if config.patience == "auto":
+        if iterations_cut_by_time(report):
+            planned = int(changes["iterations"])
+            patience = planned // int(every) + 1
+            reason = ("the time budget already cut the run short of what the data asks for: "
+                      "validation noise does not cut it further (the best snapshot is kept)")
+        else:
+            patience, reason = 6, "six validations without improvement stop training"
+        chosen["patience"] = {"value": patience, "reason": reason}
+        changes["patience"] = patience
     return config.replace(**changes), report
+
+
+def iterations_cut_by_time(report: dict) -> bool:
+    """Whether the automatic iteration count of a resolution report was cut by the time
+    budget (the data asked for more)."""
+    return bool(report.get("chosen", {}).get("iterations", {}).get("time_limited"))
 
 
 def cheaper_for_budget(config: EngineConfig, resolved: EngineConfig, stats: DatasetStats

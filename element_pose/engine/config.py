@@ -37,7 +37,8 @@ BACKBONES = (
 
 #: Keys that may be ``"auto"``: chosen from the labeled data when training starts.
 AUTO_KEYS = ("input_scale", "output_stride", "crop_size", "iterations", "validation_every",
-             "sigma", "augmentation.rotation", "augmentation.scale", "augmentation.translate")
+             "patience", "sigma", "augmentation.rotation", "augmentation.scale",
+             "augmentation.translate")
 
 
 class ConfigError(ValueError):
@@ -183,9 +184,10 @@ class EngineConfig:
         (never the test split); 0 disables validation. Needs at least 10 training frames.
     validation_every : int or "auto"
         Iterations between validations (``"auto"``: about 20 validations per run).
-    patience : int
+    patience : int or "auto"
         Validations without improvement (by more than 1 %) after which training stops; the
-        best snapshot is kept either way.
+        best snapshot is kept either way. ``"auto"``: 6, or never when the time budget
+        already cut the automatic iteration count.
     max_seconds : float or None
         Wall-clock training budget; training stops (with a fully annealed schedule) when it
         is spent, even if iterations remain.
@@ -237,7 +239,7 @@ class EngineConfig:
     epochs: int | None = None
     validation_fraction: float = 0.1
     validation_every: int | Literal["auto"] = "auto"
-    patience: int = 6
+    patience: int | Literal["auto"] = "auto"
     max_seconds: float | None = None
     batch_size: int = 8
     grad_clip: float | None = 5.0

@@ -290,8 +290,9 @@ def prepare_config(images: Sequence[np.ndarray], keypoints: np.ndarray, config: 
     check_feasible(resolved, stats, len(fit), memory)
     if config.iterations == "auto" and resume_config and resume_config.get("iterations"):
         kept = {"iterations": int(resume_config["iterations"])}
-        if config.validation_every == "auto":
-            kept["validation_every"] = int(resume_config["validation_every"])
+        for key in ("validation_every", "patience"):  # they follow the iteration count
+            if getattr(config, key) == "auto" and key in resume_config:
+                kept[key] = int(resume_config[key])
         resolved = resolved.replace(**kept)
         for key, value in kept.items():
             report["chosen"][key] = {"value": value,
