@@ -89,7 +89,8 @@ def test_end_to_end_tiny_network_learns(trained):
     model = load_model(result.checkpoint_path, device="cpu")
     assert model.bodyparts == BODYPARTS and model.device == "cpu"
     # the config it was trained with: the one given, its validation interval resolved
-    assert model.config == tiny_config(validation_every=model.config.validation_every)
+    assert model.config == tiny_config(validation_every=model.config.validation_every,
+                                       patience=6)  # iterations were set: normal patience
     assert model.config.to_dict() == result.config and model.config.validation_every == 50
     pred = model.predict_frames(frames)
     assert pred.shape == (48, 4, 3) and pred.dtype == np.float32
@@ -289,7 +290,8 @@ def test_validation_curve_and_best_snapshot(tmp_path):
     model = load_model(r.checkpoint_path, device="cpu")
     error = evaluate(model.predict_frames([frames[i] for i in val]), kps[val])["mean_error_px"]
     assert error == pytest.approx(r.validation_curve[best, 1], rel=1e-3)
-    assert r.config == cfg.to_dict()  # nothing was left automatic
+    # only patience was left automatic: 6, as the iteration count was set, not cut by time
+    assert r.config == cfg.replace(patience=6).to_dict()
 
 
 def test_fine_tune_from_a_model_with_other_body_parts(tmp_path, trained):
