@@ -270,6 +270,8 @@ def test_too_few_iterations_in_the_budget_buy_cheaper_ones():
     assert key == "output_stride" and trying.output_stride == 4 and "stride 2" in reason
     assert cheaper_for_budget(auto, fine.replace(iterations=STRIDE2_MIN_ITERATIONS), stats) \
         is None
+    # a count the data chose (few frames), not the time budget: resolution is kept
+    assert cheaper_for_budget(auto, fine, stats, time_limited=False) is None
     slow = resolve_config(trying, stats)[0].replace(iterations=MIN_ITERATIONS - 300)
     smaller, key, reason = cheaper_for_budget(trying, slow, stats)
     assert key == "input_scale" and smaller.input_scale < slow.input_scale

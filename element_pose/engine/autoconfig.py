@@ -364,8 +364,8 @@ def iterations_cut_by_time(report: dict) -> bool:
     return bool(report.get("chosen", {}).get("iterations", {}).get("time_limited"))
 
 
-def cheaper_for_budget(config: EngineConfig, resolved: EngineConfig, stats: DatasetStats
-                       ) -> tuple[EngineConfig, str, str] | None:
+def cheaper_for_budget(config: EngineConfig, resolved: EngineConfig, stats: DatasetStats,
+                       time_limited: bool = True) -> tuple[EngineConfig, str, str] | None:
     """One change that makes iterations cheaper when the budget allows too few of them.
 
     Parameters
@@ -376,6 +376,9 @@ def cheaper_for_budget(config: EngineConfig, resolved: EngineConfig, stats: Data
         Its resolution at the measured speed.
     stats : DatasetStats
         The training frames' statistics.
+    time_limited : bool
+        Whether the time budget cut the iteration count (:func:`iterations_cut_by_time`);
+        a count the data chose (few frames) is never traded for resolution.
 
     Returns
     -------
@@ -383,6 +386,8 @@ def cheaper_for_budget(config: EngineConfig, resolved: EngineConfig, stats: Data
         ``config`` with one automatic value fixed to a cheaper one, that key and the
         reason; None when nothing automatic is left to trade (or nothing needs to be).
     """
+    if not time_limited:
+        return None
     its = int(resolved.iterations)
     if (config.output_stride == "auto" and resolved.output_stride == 2
             and its < STRIDE2_MIN_ITERATIONS):

@@ -22,6 +22,7 @@ from element_pose.engine.autoconfig import (
     cheaper_for_budget,
     check_feasible,
     dataset_stats,
+    iterations_cut_by_time,
     resolve_config,
 )
 from element_pose.engine.checkpoint import (
@@ -304,7 +305,7 @@ def prepare_config(images: Sequence[np.ndarray], keypoints: np.ndarray, config: 
             seconds = measure_iteration_seconds(resolved, kp.shape[1])
             resolved, report = resolve_config(trying, stats, init_config, seconds)
             cheaper = None if init_config is not None else \
-                cheaper_for_budget(trying, resolved, stats)
+                cheaper_for_budget(trying, resolved, stats, iterations_cut_by_time(report))
             if cheaper is None:
                 break
             trying, key, reason = cheaper
