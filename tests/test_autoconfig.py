@@ -136,6 +136,11 @@ def test_prepare_config_holds_back_training_frames_only():
                                                         "validation_every": 77,
                                                         "patience": 17})
     assert (resumed.iterations, resumed.validation_every, resumed.patience) == (1234, 77, 17)
+    # a stride the budget traded is kept on resume (else the checkpoint would not fit)
+    traded, _, _ = prepare_config(images, kp, EngineConfig(validation_fraction=0.1),
+                                  resume_config={**cfg.to_dict(), "output_stride": 2,
+                                                 "iterations": 1234})
+    assert traded.output_stride == 2 and traded.iterations == 1234
     assert "resumes" in report2["chosen"]["iterations"]["reason"]
     with pytest.raises(ConfigError, match="batch_size"):
         prepare_config(images[:9], kp[:9], EngineConfig(batch_size=10))

@@ -290,6 +290,11 @@ def prepare_config(images: Sequence[np.ndarray], keypoints: np.ndarray, config: 
     memory = available_memory(resolved.resolved_device())
     check_feasible(resolved, stats, len(fit), memory)
     if config.iterations == "auto" and resume_config and resume_config.get("iterations"):
+        # a budget trade (stride, input scale) is kept too: the crop follows from the scale
+        traded = {k: resume_config[k] for k in ("output_stride", "input_scale")
+                  if getattr(config, k) == "auto" and k in resume_config}
+        if traded:
+            resolved, report = resolve_config(config.replace(**traded), stats, init_config)
         kept = {"iterations": int(resume_config["iterations"])}
         for key in ("validation_every", "patience"):  # they follow the iteration count
             if getattr(config, key) == "auto" and key in resume_config:
