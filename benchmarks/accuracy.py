@@ -66,8 +66,9 @@ def datasets() -> dict[str, dict]:
     return out
 
 
-def run_ours(name: str, spec: dict, video_frames: int) -> dict:
-    """The default user path through the tables; returns the figures."""
+def run_ours(name: str, spec: dict, video_frames: int, params: dict | None = None) -> dict:
+    """The default user path through the tables (``params``: the parameter set, default
+    ``{}``); returns the figures."""
     from workflow.pipeline import model, train
 
     t0 = time.perf_counter()
@@ -76,8 +77,8 @@ def run_ours(name: str, spec: dict, video_frames: int) -> dict:
     else:
         dataset = train.LabeledDataset.import_sleap(spec["path"], name, include_predicted=True)
     split = train.DataSplit.from_split_json(dataset, spec["split"])
-    params = train.TrainingParamSet.insert_new_params({}, description="defaults")
-    task = {**split, **params, "run_id": 0}
+    paramset = train.TrainingParamSet.insert_new_params(params or {}, description="benchmark")
+    task = {**split, **paramset, "run_id": 0}
     train.TrainingTask.insert1(task, skip_duplicates=True)
     import_seconds = time.perf_counter() - t0
     train.ModelTraining.populate(task, display_progress=False)
@@ -108,6 +109,8 @@ def run_ours(name: str, spec: dict, video_frames: int) -> dict:
         "train_minutes": run["train_seconds"] / 60.0,
         "import_seconds": import_seconds,
         "chosen": {k: v["value"] for k, v in chosen.items()},
+        "params": params or {},
+        "validation_curve": np.asarray(run["validation_curve"]).tolist(),
         "video_fps": fps, "device": run["training_device"],
     }
 
@@ -239,6 +242,10 @@ def main() -> None:
     ap.add_argument("--video-frames", type=int, default=500)
     ap.add_argument("--home", default=None, help="ELEMENT_POSE_HOME (default: a fresh temp dir)")
     ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--params", type=json.loads, default={},
+                    help='training parameter set as JSON (default {}), e.g. \'{"max_seconds": 660}\' '
+                         'to give training the time a slower machine would')
+    ap.add_argument("--tag", default="", help="suffix of the result file names (ours_<dataset><tag>.json)")
     args = ap.parse_args()
 
     table = datasets()
@@ -263,8 +270,8 @@ def main() -> None:
     for name in [] if args.table else args.datasets:
         print(f"== {name}", flush=True)
         if not args.no_ours:
-            ours = {**run_ours(name, table[name], args.video_frames), "meta": meta}
-            (out / f"ours_{name}.json").write_text(json.dumps(ours, indent=1))
+            ours = {**run_ours(name, table[name], args.video_frames, args.params), "meta": meta}
+            (out / f"ours_{name}{args.tag}.json").write_text(json.dumps(ours, indent=1))
             print(json.dumps(ours), flush=True)
         if args.dlc:
             if args.no_ours:  # the DLC layout of a SLEAP dataset is written from the tables

@@ -709,7 +709,7 @@ class ModelTraining(RecoverJobs, dj.Computed):
     weights: <object@main>            # self-contained checkpoint (.pt), the best snapshot
     weights_sha256: char(64)
     learning_curve: <npy@main>        # (n, 2): iteration, training loss
-    validation_curve: <npy@main>      # (n, 2): iteration, mean error (px) on held-back training frames
+    validation_curve: <npy@main>      # (n, 2): iteration, mean error (px, each capped at 1/4 animal) on held-back frames
     iterations: int32                 # iterations run
     best_iteration: int32             # iteration of the kept snapshot
     config: json                      # resolved engine config (no "auto" left)

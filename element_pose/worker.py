@@ -154,6 +154,11 @@ def main_worker(pipeline_module: str, *, gpu: str | None = None, poll: float | N
         # before torch is imported: the worker sees only this GPU ("" = CPU only)
         os.environ["CUDA_VISIBLE_DEVICES"] = "" if gpu == "cpu" else gpu
     pipeline = importlib.import_module(pipeline_module)
+    # Import the engine (torch, torchvision, OpenCV) before SIGTERM raises: an exception raised
+    # inside torch's import, which ``make()`` would otherwise do lazily, aborts the process
+    # (status -6) instead of releasing the key.
+    importlib.import_module("element_pose.engine.multianimal")
+    importlib.import_module("element_pose.engine.train")
 
     def stop(signum, _frame):
         raise SystemExit(128 + signum)

@@ -21,7 +21,13 @@ from element_pose.engine.augment import (
 from element_pose.engine.checkpoint import file_sha256
 from element_pose.engine.config import AugmentationConfig, ConfigError, EngineConfig
 from element_pose.engine.data import TrainingSet, validate_training_data
-from element_pose.engine.metrics import evaluate
+from element_pose.engine.metrics import (
+    MIN_VALIDATION_CAP_PX,
+    animal_size,
+    capped_mean_error,
+    evaluate,
+    validation_cap,
+)
 from element_pose.engine.network import PoseNet, PretrainedWeightsError, build_backbone
 from element_pose.engine.targets import decode, make_targets
 from element_pose.engine.train import learning_rate
@@ -320,3 +326,25 @@ def test_metrics_on_known_arrays():
     assert m["n_keypoints"] == 3
     with pytest.raises(ValueError, match="ground_truth"):
         evaluate(pred, gt[:, :2])
+
+
+def test_validation_criterion_caps_gross_misses():
+    """One keypoint on the wrong part moves the plain mean more than all others together;
+    the capped criterion ranks by how well most keypoints are placed."""
+    rng = np.random.default_rng(0)
+    # ten frames of a 3-part animal 80 px long (diagonal 100 px): cap 25 px
+    base = np.array([[0.0, 0.0], [80.0, 60.0], [40.0, 30.0]])
+    gt = base[None] + rng.uniform(0, 300, size=(10, 1, 2))
+    assert animal_size(gt) == pytest.approx(100.0)
+    assert validation_cap(gt) == pytest.approx(25.0)
+    gt[3, 2] = np.nan  # unlabeled: excluded
+    def predict(offset: float) -> np.ndarray:
+        return np.concatenate([gt + offset / np.sqrt(2), np.ones((10, 3, 1))], axis=2)
+    sharp, blurred = predict(1.0), predict(4.0)
+    sharp[0, 0, :2] += 300.0  # a gross miss on one keypoint of the sharper snapshot
+    assert evaluate(sharp, gt)["mean_error_px"] > evaluate(blurred, gt)["mean_error_px"]
+    assert capped_mean_error(sharp, gt, 25.0) < capped_mean_error(blurred, gt, 25.0)
+    assert capped_mean_error(blurred, gt, 25.0) == pytest.approx(4.0)
+    # one labeled part has no size: the floor
+    assert validation_cap(gt[:, :1]) == MIN_VALIDATION_CAP_PX
+    assert np.isnan(capped_mean_error(sharp, np.full_like(gt, np.nan), 25.0))

@@ -13,7 +13,7 @@ import torch
 
 from element_pose.engine.checkpoint import file_sha256, list_checkpoints
 from element_pose.engine.config import EngineConfig
-from element_pose.engine.metrics import evaluate
+from element_pose.engine.metrics import capped_mean_error, evaluate, validation_cap
 from element_pose.engine.predict import load_model
 from element_pose.engine.train import EarlyStopping, train
 from element_pose.engine.video import VideoError
@@ -288,7 +288,9 @@ def test_validation_curve_and_best_snapshot(tmp_path):
     val = r.auto_report["validation_frames"]
     assert len(val) == 5
     model = load_model(r.checkpoint_path, device="cpu")
-    error = evaluate(model.predict_frames([frames[i] for i in val]), kps[val])["mean_error_px"]
+    cap = r.auto_report["validation_cap_px"]
+    assert cap == pytest.approx(validation_cap(kps), abs=0.01)
+    error = capped_mean_error(model.predict_frames([frames[i] for i in val]), kps[val], cap)
     assert error == pytest.approx(r.validation_curve[best, 1], rel=1e-3)
     # only patience was left automatic: 6, as the iteration count was set, not cut by time
     assert r.config == cfg.replace(patience=6).to_dict()

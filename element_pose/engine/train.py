@@ -63,8 +63,10 @@ class TrainResult:
     versions : dict
         torch, torchvision, numpy, opencv and python versions.
     validation_curve : np.ndarray
-        (n, 2) float64: iteration, mean error in pixels on the held-back training frames
-        (empty without validation).
+        (n, 2) float64: iteration, mean error in pixels on the held-back training frames,
+        each keypoint's error capped at a quarter of the animal's size
+        (:func:`~element_pose.engine.metrics.capped_mean_error`; the cap is
+        ``auto_report["validation_cap_px"]``); empty without validation.
     best_iteration : int
         Iteration of the snapshot kept (the last one without validation).
     config : dict
@@ -415,7 +417,7 @@ def train(images: Sequence[np.ndarray], keypoints: np.ndarray, bodyparts: Sequen
 def _train(imgs: list[np.ndarray], kp: np.ndarray, bodyparts: list[str], config: EngineConfig,
            workdir: Path, device: torch.device, progress: bool, val: np.ndarray, report: dict,
            init: dict | None, instances: int = 1) -> TrainResult:
-    from element_pose.engine.metrics import evaluate
+    from element_pose.engine.metrics import capped_mean_error, validation_cap
     from element_pose.engine.predict import PoseModel
 
     cfg_dict = config.to_dict()
@@ -426,6 +428,9 @@ def _train(imgs: list[np.ndarray], kp: np.ndarray, bodyparts: list[str], config:
         bodyparts
     dataset = TrainingSet([imgs[i] for i in fit], kp[fit], names, config)
     val_images, val_truth = [imgs[i] for i in val], kp[val]
+    cap = validation_cap(kp)
+    if len(val):
+        report["validation_cap_px"] = round(cap, 2)
     total = planned_iterations(config, len(dataset))
     every = int(config.validation_every)
 
@@ -483,15 +488,15 @@ def _train(imgs: list[np.ndarray], kp: np.ndarray, bodyparts: list[str], config:
         model.eval()
         pred = PoseModel(model, config, bodyparts, device=str(device)).predict_frames(val_images)
         model.train()
-        error = float(evaluate(pred, val_truth)["mean_error_px"])
+        error = capped_mean_error(pred, val_truth, cap)
         if not math.isfinite(error):
             error = math.inf
         vcurve.append((iteration, error))
         if best.update(iteration, error):
             atomic_save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
                         workdir / BEST_FILENAME)
-        logger.info("iteration %d: validation error %.2f px (best %.2f px at %d)", iteration,
-                    error, best.error, best.iteration)
+        logger.info("iteration %d: validation error %.2f px (capped at %.1f; best %.2f px at "
+                    "%d)", iteration, error, cap, best.error, best.iteration)
         return best.should_stop
 
     stop = total if total is not None else 1 << 40
