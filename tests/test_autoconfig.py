@@ -9,6 +9,7 @@ import pytest
 from element_pose.engine.autoconfig import (
     FIXED_GEOMETRY,
     FREE_GEOMETRY,
+    MAX_ITERATIONS,
     MIN_HEATMAP_CELLS,
     check_feasible,
     dataset_stats,
@@ -197,7 +198,7 @@ def test_iterations_stay_within_the_time_budget():
     assert cheap.iterations == 3000  # 30 x 100 frames: within budget
     costly, report = resolve_config(EngineConfig.from_dict({"crop_size": 192, "output_stride": 2}), stats)
     cost = (192 / REFERENCE_CROP) ** 2 * STRIDE_COST[2]
-    assert costly.iterations == int(round(ITERATION_BUDGET / cost / 100) * 100) < 3000
+    assert costly.iterations == int(ITERATION_BUDGET / cost // 100 * 100) < 3000
     assert "stride-2 iteration" in report["chosen"]["iterations"]["reason"]
     mine, _ = resolve_config(EngineConfig.from_dict({"crop_size": 192, "output_stride": 2,
                                                      "iterations": 5000}), stats)
@@ -216,7 +217,7 @@ def test_iterations_fit_the_training_minutes_at_the_measured_speed():
     cfg = EngineConfig.from_dict({"crop_size": 128, "output_stride": 4})
     slow, report = resolve_config(cfg, stats, seconds_per_iteration=1.0)
     fit = TRAINING_MINUTES * 60 / TRAINING_OVERHEAD
-    assert slow.iterations == int(round(fit / 100) * 100) < 3000
+    assert slow.iterations == int(fit // 100 * 100) < 3000  # rounded down: within budget
     assert report["chosen"]["iterations"]["seconds_per_iteration"] == 1.0
     fast, _ = resolve_config(cfg, stats, seconds_per_iteration=0.01)
     assert fast.iterations == 3000  # 30 passes over 100 frames: the budget does not bind
@@ -225,7 +226,7 @@ def test_iterations_fit_the_training_minutes_at_the_measured_speed():
     assert "time budget" in report["chosen"]["patience"]["reason"]
     assert fast.patience == 6
     capped, _ = resolve_config(cfg.replace(max_seconds=300.0), stats, seconds_per_iteration=1.0)
-    assert capped.iterations == int(round(300 / TRAINING_OVERHEAD / 100) * 100)
+    assert capped.iterations == int(300 / TRAINING_OVERHEAD // 100 * 100)
     # a very slow device gets fewer than 1000 rather than blowing the budget
     crawl, _ = resolve_config(cfg, stats, seconds_per_iteration=8.0)
     assert crawl.iterations <= math.ceil(fit / 8.0 / 100) * 100 < 1000
@@ -252,7 +253,14 @@ def test_whole_frames_of_a_fixed_view_keep_the_full_iteration_count():
     stats = dataset_stats([(400, 400)] * 100, kp)
     cfg, report = resolve_config(EngineConfig.from_dict({"input_scale": 0.5}), stats)
     assert cfg.crop_size == 208 and cfg.augmentation.rotation == FIXED_GEOMETRY["rotation"]
-    assert "scaled by 1.00" in report["chosen"]["iterations"]["reason"]
+    assert "whole frames of a fixed view" in report["chosen"]["iterations"]["reason"]
+    # they aim at MAX_ITERATIONS, however few frames, within the time budget
+    fast, _ = resolve_config(EngineConfig.from_dict({"input_scale": 0.5}), stats,
+                             seconds_per_iteration=0.01)
+    assert fast.iterations == MAX_ITERATIONS
+    slow, report = resolve_config(EngineConfig.from_dict({"input_scale": 0.5}), stats,
+                                  seconds_per_iteration=0.5)
+    assert slow.iterations < MAX_ITERATIONS and report["chosen"]["iterations"]["time_limited"]
     assert cfg.output_stride == 8  # 26 cells still >= MIN_HEATMAP_CELLS
 
 

@@ -26,8 +26,8 @@ The rules, in network-input pixels (after ``input_scale``):
   moving animal, light when the crop is the whole frame (the camera's fixed view then says
   where each part is: on mirror-mouse light changes halved the error at equal time);
 * **iterations**: about 30 passes per training frame, within [1500, 6000], fewer for big
-  crops that follow the animal (each one already holds it; whole frames of a fixed view keep
-  the full count), and at most what fits ``TRAINING_MINUTES`` (or ``max_seconds``) at the
+  crops that follow the animal (each one already holds it); 6000 for whole frames of a fixed
+  view (they kept improving that long); and at most what fits ``TRAINING_MINUTES`` (or ``max_seconds``) at the
   speed measured on this device just before training (:func:`measure_iteration_seconds`),
   so a default run ends in about 25 minutes on any machine; without a measurement, a cost
   model (crop area x ``STRIDE_COST``) in ``ITERATION_BUDGET`` units stands in. When the
@@ -79,8 +79,14 @@ ITERATION_BUDGET = 3600
 #: default run with import and evaluation stays within 25 minutes.
 TRAINING_MINUTES = 21.0
 #: Measured seconds per iteration are those of the network alone; data preparation in the
-#: background thread and validation add about this fraction on a 2-core CPU.
-TRAINING_OVERHEAD = 1.12
+#: background thread and validation add about this fraction on a 2-core CPU (1.15-1.19
+#: measured on openfield, mirror-mouse and the anipose cameras).
+TRAINING_OVERHEAD = 1.18
+#: Most automatic iterations. Whole frames of a fixed view aim at this many (within the time
+#: budget): each iteration holds every part of a frame, and mirror-mouse kept improving up to
+#: it (GPU sweep, BENCHMARKS.md: 14.6 px after 3900 iterations, 6.2 px after 5100 with light
+#: geometry and half-size frames).
+MAX_ITERATIONS = 6000
 #: From random initialisation, fewer iterations than this leave the network unconverged: when
 #: the time budget allows fewer, each iteration is made cheaper first (see
 #: :func:`cheaper_for_budget`).
@@ -309,11 +315,14 @@ def resolve_config(config: EngineConfig, stats: DatasetStats,
     iterations = config.iterations
     if iterations == "auto":
         n = max(stats.n_frames, 1)
-        base = min(max(30 * n, 1500), 6000)
-        # A big crop that follows the animal holds all of it: fewer, costlier iterations see
-        # as much. Whole frames of a fixed view are not helped by that: each iteration shows
-        # every frame once, and they kept improving up to 6000 iterations (mirror-mouse).
+        # Whole frames of a fixed view kept improving up to MAX_ITERATIONS (mirror-mouse);
+        # crops that follow the animal converge in about 30 passes per frame (openfield: 1.6 px
+        # after 2900), and a big one holds all of the animal: fewer, costlier iterations.
+        base = MAX_ITERATIONS if whole_frame else min(max(30 * n, 1500), MAX_ITERATIONS)
         factor = 1.0 if whole_frame else min(1.0, (192.0 / crop) ** 2) ** 0.5
+        passes = (f"whole frames of a fixed view: up to {MAX_ITERATIONS}" if whole_frame else
+                  f"~30 passes over {n} training frames within [1500, {MAX_ITERATIONS}], "
+                  f"scaled by {factor:.2f} for a {crop} px crop")
         if seconds_per_iteration:
             budget = config.max_seconds or TRAINING_MINUTES * 60
             fit = budget / (seconds_per_iteration * TRAINING_OVERHEAD)
@@ -326,12 +335,12 @@ def resolve_config(config: EngineConfig, stats: DatasetStats,
                      f"px, stride-{stride} iteration)")
         time_limited = fit < base * factor
         iterations = min(base * factor, fit)
-        iterations = max(int(round(iterations / 100.0) * 100), 100 if fit < 1000 else 1000)
+        # a count the budget cut is rounded down, so the run ends within it
+        hundreds = math.floor(iterations / 100.0) if time_limited else round(iterations / 100.0)
+        iterations = max(int(hundreds * 100), 100 if fit < 1000 else 1000)
         chosen["iterations"] = {
             "value": iterations,
-            "reason": f"~30 passes over {n} training frames within [1500, 6000], scaled by "
-                      f"{factor:.2f} for a {crop} px crop, {limit}; validation may stop "
-                      "earlier"}
+            "reason": f"{passes}, {limit}; validation may stop earlier"}
         if seconds_per_iteration:
             chosen["iterations"]["seconds_per_iteration"] = float(seconds_per_iteration)
             chosen["iterations"]["time_limited"] = bool(time_limited)
