@@ -22,6 +22,7 @@ from element_pose.engine.multianimal import (
     MultiAnimalConfig,
     load_any_model,
     load_multianimal_model,
+    plan,
     train_multianimal,
 )
 from element_pose.engine.targets import find_peaks, make_targets, merge_instances
@@ -134,6 +135,33 @@ def test_multianimal_config_is_validated():
     with pytest.raises(ConfigError, match="multianimal"):
         MultiAnimalConfig.from_dict({"identity": "yes"})
     assert MultiAnimalConfig.from_dict({"identity": True}).identity is True
+
+
+def test_multianimal_iterations_fit_the_time_budget_at_the_measured_speed():
+    """Both networks' automatic counts follow the measured speed: a fast device trains 30
+    passes over the animals, a slow one what fits its share of the budget."""
+    from element_pose.engine.autoconfig import TRAINING_MINUTES, TRAINING_OVERHEAD
+
+    rng = np.random.default_rng(0)
+    centres = rng.uniform(100, 900, size=(50, 2, 1, 2))
+    kp = centres + rng.uniform(-40, 40, size=(50, 2, 5, 2))  # 50 frames, 2 animals, 5 parts
+    sizes, ma = [(1024, 1024)] * 50, MultiAnimalConfig()
+    fast = plan(sizes, kp, EngineConfig(), ma, {"centroid": 1e-3, "instance": 1e-3})
+    assert fast.multianimal.instance_iterations == 30 * 100  # 100 labeled animals
+    assert fast.multianimal.centroid_iterations == 30 * 50
+    slow = plan(sizes, kp, EngineConfig(), ma, {"centroid": 0.5, "instance": 0.25})
+    budget = TRAINING_MINUTES * 60 / TRAINING_OVERHEAD
+    assert slow.multianimal.instance_iterations == int(0.6 * budget / 0.25 // 100 * 100) < 3000
+    assert slow.multianimal.centroid_iterations == int(0.4 * budget / 0.5 // 100 * 100) < 1500
+    assert "measured 0.250 s" in slow.report["chosen"]["instance_iterations"]["reason"]
+    short = plan(sizes, kp, EngineConfig(max_seconds=600.0), ma,
+                 {"centroid": 0.5, "instance": 0.25})
+    assert short.multianimal.instance_iterations == \
+        int(0.6 * 600 / TRAINING_OVERHEAD / 0.25 // 100 * 100)
+    # counts the user set are kept
+    mine = plan(sizes, kp, EngineConfig(), MultiAnimalConfig.from_dict(
+        {"instance_iterations": 123, "centroid_iterations": 45}), {"centroid": 2.0, "instance": 1.0})
+    assert (mine.multianimal.instance_iterations, mine.multianimal.centroid_iterations) == (123, 45)
 
 
 def test_train_multianimal_rejects_bad_labels(tmp_path):

@@ -43,7 +43,13 @@ import torchvision
 from tqdm.auto import tqdm
 
 from element_pose.engine.augment import affine_matrix, apply_affine
-from element_pose.engine.autoconfig import ITERATION_BUDGET, REFERENCE_CROP, STRIDE_COST
+from element_pose.engine.autoconfig import (
+    ITERATION_BUDGET,
+    REFERENCE_CROP,
+    STRIDE_COST,
+    TRAINING_MINUTES,
+    TRAINING_OVERHEAD,
+)
 from element_pose.engine.checkpoint import FORMAT_VERSION, MODEL_KIND, atomic_save, load_model_file
 from element_pose.engine.config import ConfigError, EngineConfig, _build, _to_plain
 from element_pose.engine.data import validate_images
@@ -54,7 +60,12 @@ from element_pose.engine.predict import (
     model_from_payload,
 )
 from element_pose.engine.targets import decode, find_peaks
-from element_pose.engine.train import TrainResult, library_versions, train
+from element_pose.engine.train import (
+    TrainResult,
+    library_versions,
+    measure_iteration_seconds,
+    train,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -148,11 +159,28 @@ def _round_up(value: float, multiple: int = 32) -> int:
     return int(math.ceil(value / multiple) * multiple)
 
 
-def _budget_iterations(crop: int, stride: int, n: int, share: float) -> int:
-    """Iterations that spend ``share`` of the automatic time budget on ``crop`` px crops."""
-    cost = (crop / REFERENCE_CROP) ** 2 * STRIDE_COST.get(stride, 1.0)
-    its = min(ITERATION_BUDGET * share / cost, max(30 * n, 1000))
-    return max(int(round(its / 100.0) * 100), 500)
+def _budget_iterations(crop: int, stride: int, n: int, share: float,
+                       seconds_per_iteration: float | None = None,
+                       max_seconds: float | None = None) -> tuple[int, str]:
+    """Iterations that spend ``share`` of the automatic time budget on ``crop`` px crops, at
+    most 30 passes over ``n`` samples; and the reason.
+
+    At a measured speed the budget is ``max_seconds`` or ``TRAINING_MINUTES``; without one,
+    the single-animal cost model stands in (``ITERATION_BUDGET`` reference units).
+    """
+    passes = max(30 * n, 1000)
+    if seconds_per_iteration:
+        budget = max_seconds or TRAINING_MINUTES * 60
+        fit = share * budget / (seconds_per_iteration * TRAINING_OVERHEAD)
+        why = (f"{share:.0%} of {budget / 60:.1f} training minutes at the measured "
+               f"{seconds_per_iteration:.3f} s per iteration")
+    else:
+        cost = (crop / REFERENCE_CROP) ** 2 * STRIDE_COST.get(stride, 1.0)
+        fit = ITERATION_BUDGET * share / cost
+        why = f"{share:.0%} of the modelled time budget"
+    if passes < fit:
+        return int(round(passes / 100.0) * 100), f"30 passes over {n} samples (within {why})"
+    return max(int(fit // 100 * 100), 500), why
 
 
 @dataclass
@@ -166,8 +194,14 @@ class MultiAnimalPlan:
 
 
 def plan(image_sizes: Sequence[tuple[int, int]], keypoints: np.ndarray, config: EngineConfig,
-         ma: MultiAnimalConfig) -> MultiAnimalPlan:
-    """Resolve the ``"auto"`` multi-animal settings from the labels (N, M, K, 2)."""
+         ma: MultiAnimalConfig, seconds_per_iteration: dict[str, float] | None = None
+         ) -> MultiAnimalPlan:
+    """Resolve the ``"auto"`` multi-animal settings from the labels (N, M, K, 2).
+
+    ``seconds_per_iteration`` (``{"centroid": s, "instance": s}``, measured on the training
+    device) makes the automatic iteration counts fit the time budget on this machine.
+    """
+    speed = seconds_per_iteration or {}
     _, extent = instance_boxes(keypoints)
     labeled = np.isfinite(extent)
     if not labeled.any():
@@ -209,12 +243,14 @@ def plan(image_sizes: Sequence[tuple[int, int]], keypoints: np.ndarray, config: 
     ccrop = min(_round_up(frame_side * cscale - 1, 16), CENTROID_CROP)
     cits = ma.centroid_iterations
     if cits == "auto":
-        cits = pick("centroid_iterations", _budget_iterations(ccrop, 4, n_frames, 0.4),
-                    "40 % of the automatic time budget")
+        cits, why = _budget_iterations(ccrop, 4, n_frames, 0.4, speed.get("centroid"),
+                                       config.max_seconds)
+        cits = pick("centroid_iterations", cits, why)
     its = ma.instance_iterations
     if its == "auto" and config.iterations == "auto":
-        its = pick("instance_iterations", _budget_iterations(int(crop), 4, n_instances, 0.6),
-                   "60 % of the automatic time budget")
+        its, why = _budget_iterations(int(crop), 4, n_instances, 0.6, speed.get("instance"),
+                                      config.max_seconds)
+        its = pick("instance_iterations", its, why)
     length = {} if its == "auto" else {"iterations": int(its), "epochs": None}
     centroid = config.replace(
         input_scale=float(cscale), crop_size=int(ccrop), output_stride=4, iterations=int(cits),
@@ -316,7 +352,15 @@ def train_multianimal(images: Sequence[np.ndarray], keypoints: np.ndarray,
     if len(set(individuals)) != len(individuals):
         raise ValueError(f"An individual name appears twice: {individuals}.")
     imgs = validate_images(images)
-    p = plan([(im.shape[1], im.shape[0]) for im in imgs], kp, config, ma)
+    sizes = [(im.shape[1], im.shape[0]) for im in imgs]
+    p = plan(sizes, kp, config, ma)
+    if "centroid_iterations" in p.report["chosen"] or "instance_iterations" in p.report["chosen"]:
+        # time three steps of each network here, then plan the counts that fit the budget
+        n_channels = len(bodyparts) + (len(individuals) if p.multianimal.identity else 0)
+        speed = {"centroid": measure_iteration_seconds(p.centroid, 1),
+                 "instance": measure_iteration_seconds(p.instance, n_channels)}
+        p = plan(sizes, kp, config, ma, seconds_per_iteration=speed)
+        p.report["seconds_per_iteration"] = speed
     workdir = Path(workdir)
     centres, _ = instance_boxes(kp)
     logger.info("Training the centroid network (%s)", p.report["chosen"])
