@@ -272,6 +272,13 @@ def test_early_stopping_rule():
     assert stop.update(300, 8.0) and stop.stale == 0
     assert not stop.update(400, 8.5) and not stop.update(500, 9.0)
     assert stop.should_stop and (stop.error, stop.iteration) == (8.0, 300)
+    # not before the learning rate has come down: a plateau at a high rate is its noise
+    late = EarlyStopping(patience=2, not_before=700)
+    for it, error in ((100, 10.0), (200, 10.0), (300, 10.0), (400, 10.0)):
+        late.update(it, error)
+    assert late.stale == 3 and not late.should_stop
+    late.update(700, 10.0)
+    assert late.should_stop
 
 
 def test_validation_curve_and_best_snapshot(tmp_path):
