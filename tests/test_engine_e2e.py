@@ -15,7 +15,7 @@ from element_pose.engine.checkpoint import file_sha256, list_checkpoints
 from element_pose.engine.config import EngineConfig
 from element_pose.engine.metrics import capped_mean_error, evaluate, validation_cap
 from element_pose.engine.predict import load_model
-from element_pose.engine.train import EarlyStopping, train
+from element_pose.engine.train import KEEP_TOLERANCE, EarlyStopping, train
 from element_pose.engine.video import VideoError
 
 BODYPARTS = ["head", "tail", "left", "right"]
@@ -89,8 +89,9 @@ def test_end_to_end_tiny_network_learns(trained):
     model = load_model(result.checkpoint_path, device="cpu")
     assert model.bodyparts == BODYPARTS and model.device == "cpu"
     # the config it was trained with: the one given, its validation interval resolved
+    # (automatic patience: the whole schedule, never stopping early)
     assert model.config == tiny_config(validation_every=model.config.validation_every,
-                                       patience=6)  # iterations were set: normal patience
+                                       patience=500 // model.config.validation_every + 1)
     assert model.config.to_dict() == result.config and model.config.validation_every == 50
     pred = model.predict_frames(frames)
     assert pred.shape == (48, 4, 3) and pred.dtype == np.float32
@@ -272,6 +273,9 @@ def test_early_stopping_rule():
     assert stop.update(300, 8.0) and stop.stale == 0
     assert not stop.update(400, 8.5) and not stop.update(500, 9.0)
     assert stop.should_stop and (stop.error, stop.iteration) == (8.0, 300)
+    # a later snapshot within 5 % of the lowest error is kept instead (lower learning rate)
+    assert stop.update(600, 8.3) and (stop.error, stop.iteration) == (8.0, 600)
+    assert not stop.update(700, 8.5) and stop.iteration == 600
     # not before the learning rate has come down: a plateau at a high rate is its noise
     late = EarlyStopping(patience=2, not_before=700)
     for it, error in ((100, 10.0), (200, 10.0), (300, 10.0), (400, 10.0)):
@@ -290,7 +294,9 @@ def test_validation_curve_and_best_snapshot(tmp_path):
     r = train(frames, kps, BODYPARTS, cfg, tmp_path, progress=False)
     assert r.validation_curve.shape == (4, 2)
     assert r.validation_curve[:, 0].tolist() == [30, 60, 90, 120]
-    best = int(np.argmin(r.validation_curve[:, 1]))
+    # the snapshot kept: the latest within KEEP_TOLERANCE of the lowest validation error
+    errors = r.validation_curve[:, 1]
+    best = int(np.flatnonzero(errors <= errors.min() * (1 + KEEP_TOLERANCE))[-1])
     assert r.best_iteration == r.validation_curve[best, 0]
     val = r.auto_report["validation_frames"]
     assert len(val) == 5
@@ -299,8 +305,8 @@ def test_validation_curve_and_best_snapshot(tmp_path):
     assert cap == pytest.approx(validation_cap(kps), abs=0.01)
     error = capped_mean_error(model.predict_frames([frames[i] for i in val]), kps[val], cap)
     assert error == pytest.approx(r.validation_curve[best, 1], rel=1e-3)
-    # only patience was left automatic: 6, as the iteration count was set, not cut by time
-    assert r.config == cfg.replace(patience=6).to_dict()
+    # only patience was left automatic: the whole schedule (120 // 30 + 1 validations)
+    assert r.config == cfg.replace(patience=5).to_dict()
 
 
 def test_fine_tune_from_a_model_with_other_body_parts(tmp_path, trained):

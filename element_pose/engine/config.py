@@ -178,16 +178,17 @@ class EngineConfig:
     iterations, epochs : int, "auto" or None
         Training length; give at most one (epochs = passes over the training frames).
         With neither, ``max_seconds`` must be given. ``iterations="auto"`` is chosen from the
-        number of training frames and the crop size; validation may stop training earlier.
+        number of training frames, the crop size and the measured speed.
     validation_fraction : float
         Fraction of the *training* frames held back to choose the snapshot and stop training
         (never the test split); 0 disables validation. Needs at least 10 training frames.
     validation_every : int or "auto"
         Iterations between validations (``"auto"``: about 20 validations per run).
     patience : int or "auto"
-        Validations without improvement (by more than 1 %) after which training stops; the
-        best snapshot is kept either way. ``"auto"``: 6, or never when the time budget
-        already cut the automatic iteration count.
+        Validations without improvement (by more than 1 %) after which training stops, from
+        70 % of the schedule on (``EARLY_STOP_FROM``); the snapshot kept is chosen by
+        validation either way. ``"auto"``: never stop early when the iteration count is
+        known (it already fits the data and the time budget), else 6.
     max_seconds : float or None
         Wall-clock training budget; training stops (with a fully annealed schedule) when it
         is spent, even if iterations remain.
