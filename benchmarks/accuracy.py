@@ -31,6 +31,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
+import re  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -188,16 +189,23 @@ def _fmt(value, digits: int = 2) -> str:
 def markdown(results: list[dict], meta: dict) -> str:
     """The side-by-side table."""
     lines = [
-        f"Machine: {meta['machine']}; torch {meta['torch']}. Random initialisation, default "
-        "parameters (`{}`), test frames of each split. Runs: "
-        + "; ".join(f"{r['ours']['dataset']} {r['ours'].get('meta', {}).get('date', '')}"
-                    for r in results) + ".",
+        f"Table written on: {meta['machine']}; torch {meta['torch']}. Random initialisation, "
+        "default parameters (`{}`), test frames of each split. Each row's runs (ours / "
+        "DeepLabCut): date and the machine's CPU vector unit.",
         "",
         "| dataset | mean px | median px | RMSE px | PCK@5 | p-cutoff px | worst part / median "
-        "| iterations (best) | train min | video frames/s | chosen (scale, crop, stride) "
-        "| DLC mean px | DLC PCK@5 | DLC train min | DLC video frames/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| iterations (kept) | train min | video frames/s | chosen (scale, crop, stride) "
+        "| DLC mean px | DLC PCK@5 | DLC train min | DLC video frames/s | runs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def run(result: dict | None) -> str:
+        if not result:
+            return "–"
+        info = result.get("meta", {})
+        unit = re.search(r"AVX[-\w]*|no AVX", info.get("machine", ""))
+        return f"{info.get('date', '?')} ({unit.group(0) if unit else '?'})"
+
     for r in results:
         o, d = r["ours"], r.get("dlc") or {}
         test = d.get("own_metrics", {}).get("test", {})
@@ -212,7 +220,8 @@ def markdown(results: list[dict], meta: dict) -> str:
             f"| {_fmt(o['train_minutes'], 1)} | {_fmt(o['video_fps'], 1)} "
             f"| {c.get('input_scale')}, {c.get('crop_size')}, {c.get('output_stride')} "
             f"| {_fmt(dm.get('test_mean_px'))} | {_fmt(dm.get('test_pck5'), 3)} "
-            f"| {_fmt(d.get('wall_minutes'), 1)} | {_fmt(d.get('video_fps'), 2)} |")
+            f"| {_fmt(d.get('wall_minutes'), 1)} | {_fmt(d.get('video_fps'), 2)} "
+            f"| {run(o)} / {run(r.get('dlc'))} |")
     lines += ["", "Per body part (mean test error, px):", ""]
     for r in results:
         o = r["ours"]
