@@ -27,8 +27,9 @@ The rules, in network-input pixels (after ``input_scale``):
   where each part is: on mirror-mouse light changes halved the error at equal time);
 * **iterations**: about 30 passes per training frame, within [1500, 6000], fewer for big
   crops that follow the animal (each one already holds it); 6000 for whole frames of a fixed
-  view (they kept improving that long); and at most what fits ``TRAINING_MINUTES`` (or ``max_seconds``) at the
-  speed measured on this device just before training (:func:`measure_iteration_seconds`),
+  view (they kept improving that long); and at most what fits ``TRAINING_MINUTES`` (or
+  ``max_seconds``) at the speed measured on this device just before training
+  (:func:`measure_iteration_seconds`),
   so a default run ends in about 25 minutes on any machine; without a measurement, a cost
   model (crop area x ``STRIDE_COST``) in ``ITERATION_BUDGET`` units stands in. When the
   budget allows too few iterations to converge from scratch, each is made cheaper first

@@ -219,11 +219,10 @@ def measure_iteration_seconds(config: EngineConfig, n_keypoints: int, repeats: i
     return (time.perf_counter() - t0) / repeats
 
 
-#: Early stopping acts only from this fraction of the planned iterations on, when the cosine
-#: schedule has brought the learning rate down to a fifth of its peak. Before that a plateau
-#: is the high learning rate's noise: openfield's validation error was flat from iteration
-#: 750 to 1650 of 2900, and the run stopped there had a test error of 28 px (1.6 px after all
-#: 2900; BENCHMARKS.md).
+#: A ``patience`` the user sets acts only from this fraction of the planned iterations on,
+#: when the cosine schedule has brought the learning rate down to a fifth of its peak: before
+#: that a plateau of the validation error says little (openfield's was flat from iteration
+#: 750 to 2900 while the test error fell from 28 to 1.66 px; BENCHMARKS.md).
 EARLY_STOP_FROM = 0.7
 
 
