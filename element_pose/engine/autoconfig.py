@@ -29,13 +29,13 @@ The rules, in network-input pixels (after ``input_scale``):
   crops that follow the animal (each one already holds it); 6000 for whole frames of a fixed
   view (they kept improving that long); and at most what fits ``TRAINING_MINUTES`` (or
   ``max_seconds``) at the speed measured on this device just before training
-  (:func:`measure_iteration_seconds`),
-  so a default run ends in about 25 minutes on any machine; without a measurement, a cost
-  model (crop area x ``STRIDE_COST``) in ``ITERATION_BUDGET`` units stands in. When the
-  budget allows too few iterations to converge from scratch, each is made cheaper first
-  (:func:`cheaper_for_budget`: stride 4 instead of 2, then a smaller input scale for crops
-  that follow the animal). Validation stops earlier when the held-back frames stop
-  improving.
+  (:func:`measure_iteration_seconds`), so a default run ends in about 25 minutes on any
+  machine; without a measurement, a cost model (crop area x ``STRIDE_COST``) in
+  ``ITERATION_BUDGET`` units stands in. When the budget allows too few iterations to converge
+  from scratch, each is made cheaper first (:func:`cheaper_for_budget`: stride 4 instead of
+  2, then a smaller input scale for crops that follow the animal);
+* **patience**: the whole schedule (validation chooses the snapshot kept, it does not stop
+  training; a plateau on ten held-back frames is no sign of convergence).
 """
 
 from __future__ import annotations
