@@ -97,7 +97,8 @@ def forward_only_fps(model, video: Path, batch_size: int, frames: int) -> float:
         if model.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         batches.append(x)
-    amp = model.config.cpu_bf16 if model.device == "cpu" else model.config.mixed_precision
+    amp = (model.config.cpu_bf16 is True if model.device == "cpu"
+           else model.config.mixed_precision)
     with torch.inference_mode(), torch.autocast(torch.device(model.device).type,
                                                 dtype=torch.bfloat16, enabled=amp):
         model.network(batches[0])  # warm-up

@@ -14,8 +14,15 @@ import torch
 from element_pose.engine.checkpoint import file_sha256, list_checkpoints
 from element_pose.engine.config import EngineConfig
 from element_pose.engine.metrics import capped_mean_error, evaluate, validation_cap
+from element_pose.engine.network import PoseNet, cpu_supports_bf16
 from element_pose.engine.predict import load_model
-from element_pose.engine.train import KEEP_TOLERANCE, EarlyStopping, train
+from element_pose.engine.train import (
+    BF16_MIN_SPEEDUP,
+    KEEP_TOLERANCE,
+    EarlyStopping,
+    choose_cpu_bf16,
+    train,
+)
 from element_pose.engine.video import VideoError
 
 BODYPARTS = ["head", "tail", "left", "right"]
@@ -53,7 +60,7 @@ def hide_marker(frame: np.ndarray, point: np.ndarray) -> None:
 def tiny_config(**changes) -> EngineConfig:
     d = {"backbone": "resnet18", "backbone_stride": 8, "output_stride": 4, "head_channels": 32,
          "input_scale": 1.0, "crop_size": 64, "batch_size": 8, "iterations": 500,
-         "sigma": 2.5, "locref_radius": 5.0, "num_threads": 1,
+         "sigma": 2.5, "locref_radius": 5.0, "num_threads": 1, "cpu_bf16": False,
          "augmentation": {"rotation": 180.0, "scale": [0.9, 1.1], "translate": 0.2, "noise": 0.01,
                           "blur": 0.0},
          "optimizer": {"lr": 3e-3}, "schedule": {"warmup_iterations": 20},
@@ -237,6 +244,31 @@ def test_cpu_bf16_autocast_trains_and_predicts(tmp_path):
     assert ((pred[..., 2] >= 0) & (pred[..., 2] <= 1)).all()
 
 
+def test_cpu_bf16_auto_is_timed_and_stored(tmp_path):
+    frames, kps = make_frames(8, seed=6)
+    r = train(frames, kps, BODYPARTS, tiny_config(iterations=2, head_channels=8,
+                                                   cpu_bf16="auto"), tmp_path, progress=False)
+    choice = r.auto_report["chosen"]["cpu_bf16"]
+    assert r.config["cpu_bf16"] is choice["value"]  # a bool, stored with the model
+    if cpu_supports_bf16():
+        fp32, bf16 = choice["seconds_float32"], choice["seconds_bfloat16"]
+        assert fp32 > 0 and bf16 > 0
+        assert choice["value"] == (fp32 >= BF16_MIN_SPEEDUP * bf16)
+    else:
+        assert choice["value"] is False and "no bfloat16" in choice["reason"]
+    assert load_model(r.checkpoint_path, device="cpu").config.cpu_bf16 is choice["value"]
+    # off a CPU nothing is timed: CUDA has its own mixed_precision
+    cfg, gpu = choose_cpu_bf16(tiny_config(cpu_bf16="auto", device="cuda"), 3)
+    assert cfg.cpu_bf16 is False and "seconds_float32" not in gpu
+
+
+def test_output_layers_stay_float32_under_bf16_autocast():
+    net = PoseNet(3, backbone_stride=8, output_stride=4, head_channels=8).eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        heat, off = net(torch.zeros(1, 3, 32, 32))
+    assert heat.dtype == torch.float32 and off.dtype == torch.float32
+
+
 def test_time_budget_stops_training(tmp_path):
     frames, kps = make_frames(8, seed=4)
     cfg = tiny_config(iterations=None, max_seconds=2.0, head_channels=8)
@@ -384,3 +416,23 @@ def test_openfield_short_training_and_video(tmp_path):
     assert poses.shape == (24, 4, 3) and stats["frames"] == 24
     assert np.all((poses[..., 0] > -16) & (poses[..., 0] < 656))
     assert np.all((poses[..., 2] >= 0) & (poses[..., 2] <= 1))
+
+
+def test_model_file_carries_part_separation(tmp_path):
+    frames, kps = make_frames(12, seed=8)
+    r = train(frames, kps, BODYPARTS, tiny_config(iterations=2, head_channels=8,
+                                                   validation_fraction=0.0), tmp_path,
+              progress=False)
+    model = load_model(r.checkpoint_path, device="cpu")
+    radii = model.separation.cpu().numpy()
+    d = np.linalg.norm(kps[:, :, None] - kps[:, None], axis=-1)
+    assert radii.shape == (4, 4) and (np.diag(radii) == 0).all()
+    # half the closest labeled distance of each pair (left and right markers are 14 px apart)
+    assert radii[2, 3] == pytest.approx(0.5 * np.percentile(d[:, 2, 3], 1.0), rel=1e-4)
+    on = model.predict_frames(frames)
+    model.config = model.config.replace(separate_parts=False)
+    off = model.predict_frames(frames)
+    raw = np.linalg.norm(off[:, :, None, :2] - off[:, None, :, :2], axis=-1)
+    conflict = ((raw < radii) & (radii > 0)).any(axis=(1, 2))
+    changed = ~np.isclose(on, off).all(axis=(1, 2))
+    assert not (changed & ~conflict).any()  # only a frame with a pair too close may change

@@ -203,10 +203,16 @@ class EngineConfig:
         ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
     mixed_precision : bool
         Automatic mixed precision on CUDA (ignored on CPU).
-    cpu_bf16 : bool
-        bfloat16 autocast on CPU, for CPUs with native bf16 (AVX512-BF16 or AMX): on the
-        benchmark machine it made ResNet-50 training 1.7x and inference 2.2x faster. Off by
-        default: the light configuration's accuracy figures were measured in float32.
+    cpu_bf16 : bool or "auto"
+        bfloat16 autocast on CPU (the heatmap and offset outputs stay float32). ``"auto"``:
+        when training starts, one float32 and one bfloat16 step are timed and bfloat16 is used
+        when it is at least ``train.BF16_MIN_SPEEDUP`` times faster, as on CPUs with native
+        bf16 (AVX512-BF16, AMX): on a 2-core AVX-512 machine ResNet-18 steps ran 1.7-2.9x
+        faster, so a time-limited training gets that many more iterations. Off by default:
+        on mirror-mouse the bfloat16 default run (6000 iterations in the time float32 needed
+        for 3400) scored 5.96 px against float32's 4.81 (BENCHMARKS.md), and one run cannot
+        tell bfloat16 from the longer schedule. The choice is stored with the model; inference
+        uses bfloat16 for a model trained with it when the CPU supports bf16.
     channels_last : bool
         Channels-last memory format (on CUDA and CPU, where oneDNN prefers it).
     num_threads : int or None
@@ -218,6 +224,11 @@ class EngineConfig:
         Body parts swapped by a horizontal flip, e.g. ``(("leftear", "rightear"),)``.
     pcutoff : float
         Confidence cut-off used by evaluation and downstream filtering.
+    separate_parts : bool
+        Two body parts predicted much closer than the training labels ever put them (a left
+        paw on the right one) are taken apart: the part that loses less confidence moves to
+        its next-best heatmap peak (:mod:`element_pose.engine.separation`). The distances are
+        measured from the training labels and stored in the model file.
     checkpoint_every : int
         Iterations between resumable checkpoints.
     keep_checkpoints : int
@@ -247,12 +258,13 @@ class EngineConfig:
     seed: int = 0
     device: str = "auto"
     mixed_precision: bool = True
-    cpu_bf16: bool = False
+    cpu_bf16: bool | Literal["auto"] = False
     channels_last: bool = True
     num_threads: int | None = None
     pretrained: str = "none"
     flip_pairs: tuple[tuple[str, str], ...] = ()
     pcutoff: float = 0.6
+    separate_parts: bool = True
     checkpoint_every: int = 250
     keep_checkpoints: int = 2
 

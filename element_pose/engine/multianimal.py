@@ -62,6 +62,7 @@ from element_pose.engine.predict import (
 from element_pose.engine.targets import decode, find_peaks
 from element_pose.engine.train import (
     TrainResult,
+    choose_cpu_bf16,
     library_versions,
     measure_iteration_seconds,
     train,
@@ -354,13 +355,21 @@ def train_multianimal(images: Sequence[np.ndarray], keypoints: np.ndarray,
     imgs = validate_images(images)
     sizes = [(im.shape[1], im.shape[0]) for im in imgs]
     p = plan(sizes, kp, config, ma)
+    n_channels = len(bodyparts) + (len(individuals) if p.multianimal.identity else 0)
+    precision = None
+    if config.cpu_bf16 == "auto":
+        # one choice for both networks, timed on the costlier one; it sets their speed
+        _, precision = choose_cpu_bf16(p.instance, n_channels)
+        config = config.replace(cpu_bf16=precision["value"])
+        p = plan(sizes, kp, config, ma)
     if "centroid_iterations" in p.report["chosen"] or "instance_iterations" in p.report["chosen"]:
         # time three steps of each network here, then plan the counts that fit the budget
-        n_channels = len(bodyparts) + (len(individuals) if p.multianimal.identity else 0)
         speed = {"centroid": measure_iteration_seconds(p.centroid, 1),
                  "instance": measure_iteration_seconds(p.instance, n_channels)}
         p = plan(sizes, kp, config, ma, seconds_per_iteration=speed)
         p.report["seconds_per_iteration"] = speed
+    if precision is not None:
+        p.report["chosen"]["cpu_bf16"] = precision
     workdir = Path(workdir)
     centres, _ = instance_boxes(kp)
     logger.info("Training the centroid network (%s)", p.report["chosen"])

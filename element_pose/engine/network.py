@@ -169,9 +169,13 @@ class PoseNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.head(self.backbone(x))
-        heatmaps = self.heatmap(features)
-        b, k, h, w = heatmaps.shape
-        offsets = self.locref(features).view(b, k, 2, h, w)
+        # The 1x1 output layers run in float32 under autocast: bfloat16's 8-bit mantissa would
+        # quantise the heatmap logits (ties between peak cells) and the sub-cell offsets.
+        with torch.autocast(features.device.type, enabled=False):
+            features = features.float()
+            heatmaps = self.heatmap(features)
+            b, k, h, w = heatmaps.shape
+            offsets = self.locref(features).view(b, k, 2, h, w)
         return heatmaps, offsets
 
 
@@ -180,6 +184,12 @@ def build_network(config: EngineConfig, num_keypoints: int) -> PoseNet:
     return PoseNet(num_keypoints, backbone=config.backbone,
                    backbone_stride=config.backbone_stride, output_stride=config.output_stride,
                    head_channels=config.head_channels, pretrained=config.pretrained)
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 on this CPU (natively, or emulated on AVX-512)."""
+    return bool(torch.backends.mkldnn.is_available()
+                and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def count_parameters(model: nn.Module) -> int:

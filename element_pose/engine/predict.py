@@ -24,8 +24,13 @@ from element_pose.engine.background import in_background
 from element_pose.engine.checkpoint import file_sha256, load_model_file
 from element_pose.engine.config import EngineConfig
 from element_pose.engine.data import validate_images
-from element_pose.engine.network import PoseNet, build_network
-from element_pose.engine.targets import decode
+from element_pose.engine.network import PoseNet, build_network, cpu_supports_bf16
+from element_pose.engine.separation import (
+    ALTERNATIVE_MIN_CONFIDENCE,
+    ALTERNATIVE_PEAKS,
+    separate_parts,
+)
+from element_pose.engine.targets import decode, find_peaks
 from element_pose.engine.video import VideoError, _open
 
 logger = logging.getLogger(__name__)
@@ -53,10 +58,13 @@ class PoseModel:
     device : str
     network : PoseNet
         The torch module (eval mode, on ``device``).
+    separation : torch.Tensor or None
+        (K, K) pixel radii of :mod:`element_pose.engine.separation`, applied when
+        ``config.separate_parts``; None for a model file that has none.
     """
 
     def __init__(self, network: PoseNet, config: EngineConfig, bodyparts: list[str],
-                 device: str = "auto"):
+                 device: str = "auto", separation: np.ndarray | None = None):
         dev = _resolve_device(device)
         self.config = config
         self.bodyparts = list(bodyparts)
@@ -67,8 +75,12 @@ class PoseModel:
         if self._channels_last:
             net = net.to(memory_format=torch.channels_last)
         self.network = net
+        self.separation = (torch.as_tensor(np.asarray(separation, dtype=np.float32), device=dev)
+                           if separation is not None else None)
+        # bfloat16 on a CPU only for a model trained with it (training found it faster) and
+        # where oneDNN supports it; "auto" (a config never trained) stays float32
         self._amp = (config.mixed_precision if dev.type == "cuda" else
-                     config.cpu_bf16 and dev.type == "cpu")
+                     dev.type == "cpu" and config.cpu_bf16 is True and cpu_supports_bf16())
         self._amp_dtype = (torch.bfloat16 if dev.type == "cpu" or torch.cuda.is_bf16_supported()
                            else torch.float16) if self._amp else torch.bfloat16
 
@@ -94,10 +106,17 @@ class PoseModel:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self._dev.type, dtype=self._amp_dtype, enabled=self._amp):
             heat, off = self.network(x)
-        pose = decode(heat.float(), off.float(), self.network.output_stride)
+        stride = self.network.output_stride
+        pose = decode(heat.float(), off.float(), stride)
         rx, ry = nw / w, nh / h
         pose[..., 0] = (pose[..., 0] + 0.5) / rx - 0.5
         pose[..., 1] = (pose[..., 1] + 0.5) / ry - 0.5
+        if self.separation is not None and self.config.separate_parts:
+            peaks = find_peaks(heat.float(), off.float(), stride, ALTERNATIVE_PEAKS,
+                               ALTERNATIVE_MIN_CONFIDENCE)
+            peaks[..., 0] = (peaks[..., 0] + 0.5) / rx - 0.5
+            peaks[..., 1] = (peaks[..., 1] + 0.5) / ry - 0.5
+            pose = separate_parts(pose, peaks, self.separation)
         return pose
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
@@ -340,4 +359,5 @@ def model_from_payload(payload: dict, device: str = "auto", source: str = "the m
         network.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
         raise ValueError(f"Weights in {source} do not fit its own config: {exc}") from exc
-    return PoseModel(network, config, bodyparts, device=device)
+    separation = payload.get("extra", {}).get("separation_px")
+    return PoseModel(network, config, bodyparts, device=device, separation=separation)

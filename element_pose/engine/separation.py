@@ -1,0 +1,122 @@
+"""Two body parts at one spot: a left/right twin placed on its sibling, and how to undo it.
+
+A heatmap network that confuses twins (the left and right hind paw of a mouse seen from above)
+puts both peaks on the same paw. The training labels say how close two parts ever come; when
+two predictions are much closer than that, one of them is wrong, and the part that loses least
+by moving takes its next-best heatmap peak instead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+#: A pair is in conflict when its predictions are closer than this fraction of the closest
+#: distance the training labels put them at (their ``SEPARATION_PERCENTILE``-th percentile).
+SEPARATION_FRACTION = 0.5
+SEPARATION_PERCENTILE = 1.0
+#: Pairs labeled together in fewer frames get no constraint: too few to know their distance.
+SEPARATION_MIN_FRAMES = 10
+#: Heatmap peaks per part looked at for an alternative, and the least confidence one may have.
+ALTERNATIVE_PEAKS = 4
+ALTERNATIVE_MIN_CONFIDENCE = 0.05
+
+
+def separation_radii(keypoints: np.ndarray, fraction: float = SEPARATION_FRACTION,
+                     percentile: float = SEPARATION_PERCENTILE,
+                     min_frames: int = SEPARATION_MIN_FRAMES) -> np.ndarray:
+    """Distance under which two body parts are never both predicted, from training labels.
+
+    Parameters
+    ----------
+    keypoints : np.ndarray
+        (N, K, 2) labeled x, y in pixels; NaN = not labeled.
+    fraction, percentile : float
+        The radius is ``fraction`` of the ``percentile``-th percentile of the pair's labeled
+        distances.
+    min_frames : int
+        Pairs labeled together in fewer frames get radius 0 (no constraint).
+
+    Returns
+    -------
+    np.ndarray
+        (K, K) symmetric radii in pixels, 0 on the diagonal.
+    """
+    kp = np.asarray(keypoints, dtype=np.float64)
+    if kp.ndim != 3 or kp.shape[-1] != 2:
+        raise ValueError(f"keypoints must be (N, K, 2), got shape {kp.shape}.")
+    k = kp.shape[1]
+    d = np.linalg.norm(kp[:, :, None, :] - kp[:, None, :, :], axis=-1)  # (N, K, K)
+    count = np.isfinite(d).sum(axis=0)
+    radii = np.zeros((k, k))
+    ok = count >= max(1, min_frames)
+    if ok.any():
+        i, j = np.nonzero(ok)
+        radii[i, j] = fraction * np.nanpercentile(d[:, i, j], percentile, axis=0)
+    np.fill_diagonal(radii, 0.0)
+    return radii
+
+
+def separate_parts(pose: torch.Tensor, peaks: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:
+    """Move one part of each pair predicted closer than its radius to its next-best peak.
+
+    Parameters
+    ----------
+    pose : torch.Tensor
+        (B, K, 3) [x, y, confidence]: each part's strongest peak.
+    peaks : torch.Tensor
+        (B, K, M, 3) each part's peaks, strongest first, in the same pixels (NaN rows where
+        there are fewer).
+    radii : torch.Tensor
+        (K, K) from :func:`separation_radii`, in the same pixels.
+
+    Returns
+    -------
+    torch.Tensor
+        ``pose`` with, for every pair in conflict, the part that loses less confidence by
+        moving placed on its strongest peak that conflicts with no other part; a pair where
+        neither part has such a peak is left as it is.
+    """
+    out = pose.clone()
+    radii = radii.to(pose.device, pose.dtype)
+    dist = torch.cdist(pose[..., :2], pose[..., :2])  # NaN rows compare False
+    conflicted = ((dist < radii) & (radii > 0)).any(dim=(1, 2)).nonzero().flatten().tolist()
+    k = pose.shape[1]
+    for b in conflicted:
+        settled: set[tuple[int, int]] = set()
+        for _ in range(k):
+            xy = out[b, :, :2]
+            d = torch.cdist(xy, xy)
+            overlap = torch.where((d < radii) & (radii > 0), 1 - d / radii.clamp(min=1e-9),
+                                  torch.zeros_like(d))
+            for i, j in settled:
+                overlap[i, j] = overlap[j, i] = 0
+            if not bool((overlap > 0).any()):
+                break
+            i, j = divmod(int(overlap.argmax()), k)
+            best = None  # (confidence lost, part, peak row)
+            for part in (i, j):
+                alt = _free_peak(peaks[b, part], xy, radii[part], part)
+                if alt is not None:
+                    lost = float(out[b, part, 2] - alt[2])
+                    if best is None or lost < best[0]:
+                        best = (lost, part, alt)
+            if best is None:
+                settled.add((i, j))
+                continue
+            out[b, best[1]] = best[2]
+    return out
+
+
+def _free_peak(candidates: torch.Tensor, xy: torch.Tensor, radius: torch.Tensor, part: int
+               ) -> torch.Tensor | None:
+    """The strongest of a part's non-first peaks clear of every other part's radius."""
+    for row in candidates[1:]:
+        if not bool(torch.isfinite(row).all()) or float(row[2]) < ALTERNATIVE_MIN_CONFIDENCE:
+            break  # strongest first: the rest are weaker
+        d = torch.linalg.vector_norm(xy - row[:2], dim=-1)
+        clear = ~(d < radius) | (radius <= 0)  # a NaN position blocks nothing
+        clear[part] = True
+        if bool(clear.all()):
+            return row
+    return None
