@@ -61,3 +61,13 @@ def test_part_that_loses_less_confidence_moves():
     out = separate_parts(pose, peaks, radii)
     assert out[0, 0].tolist() == pytest.approx([80.0, 10.0, 0.65])
     assert torch.equal(out[0, 1], pose[0, 1])
+
+
+def test_confident_part_stays_for_a_partner_with_no_peak_of_its_own():
+    radii = torch.tensor([[0.0, 20.0], [20.0, 0.0]])
+    # part 1 barely fires (0.1) on part 0's spot; part 0's next peak (0.3) would cost 0.6
+    pose = torch.tensor([[[10.0, 10.0, 0.9], [12.0, 10.0, 0.1]]])
+    peaks = torch.full((1, 2, 4, 3), NAN)
+    peaks[0, :, 0] = pose[0]
+    peaks[0, 0, 1] = torch.tensor([80.0, 10.0, 0.3])
+    assert torch.equal(separate_parts(pose, peaks, radii), pose)  # 0.1 + 0.3 < 0.9

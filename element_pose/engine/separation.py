@@ -2,8 +2,8 @@
 
 A heatmap network that confuses twins (the left and right hind paw of a mouse seen from above)
 puts both peaks on the same paw. The training labels say how close two parts ever come; when
-two predictions are much closer than that, one of them is wrong, and the part that loses least
-by moving takes its next-best heatmap peak instead.
+two predictions are much closer than that, one of them is wrong, and the one whose next-best
+heatmap peak keeps the most confidence moves there.
 """
 
 from __future__ import annotations
@@ -73,9 +73,11 @@ def separate_parts(pose: torch.Tensor, peaks: torch.Tensor, radii: torch.Tensor)
     Returns
     -------
     torch.Tensor
-        ``pose`` with, for every pair in conflict, the part that loses less confidence by
-        moving placed on its strongest peak that conflicts with no other part; a pair where
-        neither part has such a peak is left as it is.
+        ``pose`` where, for every pair in conflict, one part moved to its strongest peak
+        that conflicts with no other part when that raises the pair's summed confidence above
+        the stronger part's alone (the two at one spot count once): of two paws on one spot,
+        the weaker moves to its own second peak; a confident part never moves for a partner
+        that has hardly any confidence there.
     """
     out = pose.clone()
     radii = radii.to(pose.device, pose.dtype)
@@ -94,17 +96,18 @@ def separate_parts(pose: torch.Tensor, peaks: torch.Tensor, radii: torch.Tensor)
             if not bool((overlap > 0).any()):
                 break
             i, j = divmod(int(overlap.argmax()), k)
-            best = None  # (confidence lost, part, peak row)
-            for part in (i, j):
+            # The assignment with the larger summed confidence wins; left as they are, the
+            # two count once (a part with no peak of its own is not worth moving the other)
+            conf_i, conf_j = float(out[b, i, 2]), float(out[b, j, 2])
+            best, move = max(conf_i, conf_j), None
+            for part, other in ((i, conf_j), (j, conf_i)):
                 alt = _free_peak(peaks[b, part], xy, radii[part], part)
-                if alt is not None:
-                    lost = float(out[b, part, 2] - alt[2])
-                    if best is None or lost < best[0]:
-                        best = (lost, part, alt)
-            if best is None:
+                if alt is not None and other + float(alt[2]) > best:
+                    best, move = other + float(alt[2]), (part, alt)
+            if move is None:
                 settled.add((i, j))
                 continue
-            out[b, best[1]] = best[2]
+            out[b, move[0]] = move[1]
     return out
 
 

@@ -190,11 +190,14 @@ def _step(model, optimizer, scaler, crops: np.ndarray, kps: np.ndarray, config: 
     return loss, heat_loss, off_loss
 
 
-def measure_iteration_seconds(config: EngineConfig, n_keypoints: int, repeats: int = 3) -> float:
+def measure_iteration_seconds(config: EngineConfig, n_keypoints: int, repeats: int = 5) -> float:
     """Seconds one training iteration of ``config`` takes on its device (network only).
 
-    Runs ``repeats`` optimisation steps (after one warm-up) of a fresh network on random
-    crops of the configured size and batch; the global random state is left untouched.
+    Times ``repeats`` optimisation steps one by one (after two warm-ups, in which oneDNN and
+    cuDNN pick their kernels) of a fresh network on random crops of the configured size and
+    batch, and returns the median: one step slowed by another process on a shared machine
+    would otherwise shorten the whole training (a 3-step mean read 0.67 s where mirror-mouse
+    then trained at 0.49 s per iteration). The global random state is left untouched.
     """
     device = torch.device(config.resolved_device())
     crop, batch = int(config.crop_size), int(config.batch_size)
@@ -209,15 +212,15 @@ def measure_iteration_seconds(config: EngineConfig, n_keypoints: int, repeats: i
         rng = np.random.default_rng(0)
         crops = rng.integers(0, 255, (batch, crop, crop, 3), dtype=np.uint8)
         kps = rng.uniform(0, crop - 1, (batch, n_keypoints, 2)).astype(np.float32)
-        for i in range(repeats + 1):
-            if i == 1:
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                t0 = time.perf_counter()
+        times = []
+        for i in range(repeats + 2):
+            t0 = time.perf_counter()
             _step(model, optimizer, scaler, crops, kps, config, device, amp_dtype)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    return (time.perf_counter() - t0) / repeats
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i >= 2:
+                times.append(time.perf_counter() - t0)
+    return float(np.median(times))
 
 
 #: ``cpu_bf16="auto"`` trains in bfloat16 when a step is at least this many times faster
