@@ -71,3 +71,15 @@ def test_confident_part_stays_for_a_partner_with_no_peak_of_its_own():
     peaks[0, :, 0] = pose[0]
     peaks[0, 0, 1] = torch.tensor([80.0, 10.0, 0.3])
     assert torch.equal(separate_parts(pose, peaks, radii), pose)  # 0.1 + 0.3 < 0.9
+
+
+def test_part_does_not_move_to_a_flicker_because_its_twin_is_a_little_stronger():
+    radii = torch.tensor([[0.0, 20.0], [20.0, 0.0]])
+    pose = torch.tensor([[[10.0, 10.0, 0.85], [14.0, 10.0, 0.8]]])
+    peaks = torch.full((1, 2, 4, 3), NAN)
+    peaks[0, :, 0] = pose[0]
+    peaks[0, 1, 1] = torch.tensor([90.0, 10.0, 0.1])  # under half of the 0.8 it would replace
+    peaks[0, 0, 1] = torch.tensor([-90.0, 10.0, 0.2])
+    assert torch.equal(separate_parts(pose, peaks, radii), pose)
+    peaks[0, 1, 1, 2] = 0.45  # a real second peak: the weaker twin moves
+    assert separate_parts(pose, peaks, radii)[0, 1].tolist() == pytest.approx([90.0, 10.0, 0.45])

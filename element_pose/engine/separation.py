@@ -20,6 +20,11 @@ SEPARATION_MIN_FRAMES = 10
 #: Heatmap peaks per part looked at for an alternative, and the least confidence one may have.
 ALTERNATIVE_PEAKS = 4
 ALTERNATIVE_MIN_CONFIDENCE = 0.05
+#: ... and at least this fraction of the confidence of the peak it would replace: a part
+#: found with 0.8 does not move to a 0.1 flicker because its twin scored 0.85 there. (Chosen
+#: from the 16 moves on the test frames of two mirror-mouse models, BENCHMARKS.md: every
+#: right move kept >= 0.57 of its confidence, the wrong ones 0.08-0.66.)
+ALTERNATIVE_MIN_RATIO = 0.5
 
 
 def separation_radii(keypoints: np.ndarray, fraction: float = SEPARATION_FRACTION,
@@ -101,7 +106,8 @@ def separate_parts(pose: torch.Tensor, peaks: torch.Tensor, radii: torch.Tensor)
             conf_i, conf_j = float(out[b, i, 2]), float(out[b, j, 2])
             best, move = max(conf_i, conf_j), None
             for part, other in ((i, conf_j), (j, conf_i)):
-                alt = _free_peak(peaks[b, part], xy, radii[part], part)
+                least = ALTERNATIVE_MIN_RATIO * float(out[b, part, 2])
+                alt = _free_peak(peaks[b, part], xy, radii[part], part, least)
                 if alt is not None and other + float(alt[2]) > best:
                     best, move = other + float(alt[2]), (part, alt)
             if move is None:
@@ -111,11 +117,13 @@ def separate_parts(pose: torch.Tensor, peaks: torch.Tensor, radii: torch.Tensor)
     return out
 
 
-def _free_peak(candidates: torch.Tensor, xy: torch.Tensor, radius: torch.Tensor, part: int
-               ) -> torch.Tensor | None:
-    """The strongest of a part's non-first peaks clear of every other part's radius."""
+def _free_peak(candidates: torch.Tensor, xy: torch.Tensor, radius: torch.Tensor, part: int,
+               least: float = 0.0) -> torch.Tensor | None:
+    """The strongest of a part's non-first peaks clear of every other part's radius, with a
+    confidence of at least ``least`` (and ``ALTERNATIVE_MIN_CONFIDENCE``)."""
+    floor = max(least, ALTERNATIVE_MIN_CONFIDENCE)
     for row in candidates[1:]:
-        if not bool(torch.isfinite(row).all()) or float(row[2]) < ALTERNATIVE_MIN_CONFIDENCE:
+        if not bool(torch.isfinite(row).all()) or float(row[2]) < floor:
             break  # strongest first: the rest are weaker
         d = torch.linalg.vector_norm(xy - row[:2], dim=-1)
         clear = ~(d < radius) | (radius <= 0)  # a NaN position blocks nothing
