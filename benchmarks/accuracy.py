@@ -105,7 +105,9 @@ def run_ours(name: str, spec: dict, video_frames: int, params: dict | None = Non
         "error_below_pcutoff_px": ev["test_error_below_pcutoff_px"],
         "absent_below_pcutoff": ev["test_absent_below_pcutoff"],
         "per_bodypart_px": per_part,
-        "worst_part_over_median": float(errors.max() / np.median(errors)) if errors.size else None,
+        # the issue's rule: no part's mean above 3x the dataset's median (keypoint) error
+        "worst_part_over_median": (float(errors.max() / ev["test_median_error_px"])
+                                   if errors.size else None),
         "iterations": run["iterations"], "best_iteration": run["best_iteration"],
         "train_minutes": run["train_seconds"] / 60.0,
         "import_seconds": import_seconds,
@@ -186,6 +188,16 @@ def _fmt(value, digits: int = 2) -> str:
     return f"{value:.{digits}f}"
 
 
+def worst_part(ours: dict) -> str:
+    """The body part with the largest mean test error and that error over the median
+    keypoint error (recomputed, so results written under an older rule read the same)."""
+    parts = {k: v for k, v in ours["per_bodypart_px"].items() if v is not None}
+    if not parts or not ours.get("median_px"):
+        return "–"
+    name = max(parts, key=parts.get)
+    return f"{name} {parts[name]:.1f} px, {parts[name] / ours['median_px']:.1f}x"
+
+
 def markdown(results: list[dict], meta: dict) -> str:
     """The side-by-side table."""
     lines = [
@@ -193,7 +205,7 @@ def markdown(results: list[dict], meta: dict) -> str:
         "default parameters (`{}`), test frames of each split. Each row's runs (ours / "
         "DeepLabCut): date and the machine's CPU vector unit.",
         "",
-        "| dataset | mean px | median px | RMSE px | PCK@5 | p-cutoff px | worst part / median "
+        "| dataset | mean px | median px | RMSE px | PCK@5 | p-cutoff px | worst part, x median "
         "| iterations (kept) | train min | video frames/s | chosen (scale, crop, stride) "
         "| DLC mean px | DLC PCK@5 | DLC train min | DLC video frames/s | runs |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -216,7 +228,7 @@ def markdown(results: list[dict], meta: dict) -> str:
         lines.append(
             f"| {o['dataset']} | {_fmt(o['mean_px'])} | {_fmt(o['median_px'])} "
             f"| {_fmt(o['rmse_px'])} | {_fmt(o['pck5'], 3)} | {_fmt(o['pcutoff_px'])} "
-            f"| {_fmt(o['worst_part_over_median'], 1)} | {o['iterations']} ({o['best_iteration']}) "
+            f"| {worst_part(o)} | {o['iterations']} ({o['best_iteration']}) "
             f"| {_fmt(o['train_minutes'], 1)} | {_fmt(o['video_fps'], 1)} "
             f"| {c.get('input_scale')}, {c.get('crop_size')}, {c.get('output_stride')} "
             f"| {_fmt(dm.get('test_mean_px'))} | {_fmt(dm.get('test_pck5'), 3)} "
