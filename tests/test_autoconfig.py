@@ -188,17 +188,17 @@ def test_sampling_sees_a_rare_border_part_as_often_as_the_others():
 
 
 def test_iterations_stay_within_the_time_budget():
-    """Costly iterations (big crops, a fine heatmap) get fewer of them; cheap ones keep ~30
-    passes over the frames."""
+    """Costly iterations (big crops, a fine heatmap) get fewer of them; cheap ones keep
+    ``PASSES_PER_FRAME`` passes over the frames."""
     from element_pose.engine.autoconfig import ITERATION_BUDGET, REFERENCE_CROP, STRIDE_COST
 
     rng = np.random.default_rng(3)
     stats = dataset_stats([(640, 480)] * 100, _animal(100, rng, 640, 480, 60.0))
     cheap, _ = resolve_config(EngineConfig.from_dict({"crop_size": 128, "output_stride": 4}), stats)
-    assert cheap.iterations == 3000  # 30 x 100 frames: within budget
+    assert cheap.iterations == 5000  # 50 x 100 frames: within budget
     costly, report = resolve_config(EngineConfig.from_dict({"crop_size": 192, "output_stride": 2}), stats)
     cost = (192 / REFERENCE_CROP) ** 2 * STRIDE_COST[2]
-    assert costly.iterations == int(ITERATION_BUDGET / cost // 100 * 100) < 3000
+    assert costly.iterations == int(ITERATION_BUDGET / cost // 100 * 100) < 5000
     assert "stride-2 iteration" in report["chosen"]["iterations"]["reason"]
     mine, _ = resolve_config(EngineConfig.from_dict({"crop_size": 192, "output_stride": 2,
                                                      "iterations": 5000}), stats)
@@ -217,10 +217,10 @@ def test_iterations_fit_the_training_minutes_at_the_measured_speed():
     cfg = EngineConfig.from_dict({"crop_size": 128, "output_stride": 4})
     slow, report = resolve_config(cfg, stats, seconds_per_iteration=1.0)
     fit = TRAINING_MINUTES * 60 / TRAINING_OVERHEAD
-    assert slow.iterations == int(fit // 100 * 100) < 3000  # rounded down: within budget
+    assert slow.iterations == int(fit // 100 * 100) < 5000  # rounded down: within budget
     assert report["chosen"]["iterations"]["seconds_per_iteration"] == 1.0
     fast, _ = resolve_config(cfg, stats, seconds_per_iteration=0.01)
-    assert fast.iterations == 3000  # 30 passes over 100 frames: the budget does not bind
+    assert fast.iterations == 5000  # 50 passes over 100 frames: the budget does not bind
     # automatic patience never stops a run early: the count already fits the budget
     assert slow.patience > slow.iterations // slow.validation_every
     assert fast.patience > fast.iterations // fast.validation_every

@@ -25,7 +25,8 @@ The rules, in network-input pixels (after ``input_scale``):
 * **geometric augmentation** (rotation, zoom, shift): strong for crops that follow a freely
   moving animal, light when the crop is the whole frame (the camera's fixed view then says
   where each part is: on mirror-mouse light changes halved the error at equal time);
-* **iterations**: about 30 passes per training frame, within [1500, 6000], fewer for big
+* **iterations**: about ``PASSES_PER_FRAME`` (50) passes per training frame, within
+  [1500, 6000], fewer for big
   crops that follow the animal (each one already holds it); 6000 for whole frames of a fixed
   view (they kept improving that long); and at most what fits ``TRAINING_MINUTES`` (or
   ``max_seconds``) at the speed measured on this device just before training
@@ -83,6 +84,10 @@ TRAINING_MINUTES = 21.0
 #: background thread and validation add about this fraction on a 2-core CPU (1.15-1.19
 #: measured on openfield, mirror-mouse and the anipose cameras).
 TRAINING_OVERHEAD = 1.18
+#: Passes over the training frames of crops that follow the animal (within the time budget).
+#: 30 left anipose-back still improving when the run ended (1.43 px, its haunch 4.4 px in
+#: 11 minutes); 5000 iterations (about 52 passes) reached 1.20 px, the haunch 2.6 px.
+PASSES_PER_FRAME = 50
 #: Most automatic iterations. Whole frames of a fixed view aim at this many (within the time
 #: budget): each iteration holds every part of a frame, and mirror-mouse kept improving up to
 #: it (GPU sweep, BENCHMARKS.md: 14.6 px after 3900 iterations, 6.2 px after 5100 with light
@@ -317,12 +322,13 @@ def resolve_config(config: EngineConfig, stats: DatasetStats,
     if iterations == "auto":
         n = max(stats.n_frames, 1)
         # Whole frames of a fixed view kept improving up to MAX_ITERATIONS (mirror-mouse);
-        # crops that follow the animal converge in about 30 passes per frame (openfield: 1.6 px
-        # after 2900), and a big one holds all of the animal: fewer, costlier iterations.
-        base = MAX_ITERATIONS if whole_frame else min(max(30 * n, 1500), MAX_ITERATIONS)
+        # crops that follow the animal need about PASSES_PER_FRAME passes, and a big one
+        # holds all of the animal: fewer, costlier iterations.
+        base = (MAX_ITERATIONS if whole_frame
+                else min(max(PASSES_PER_FRAME * n, 1500), MAX_ITERATIONS))
         factor = 1.0 if whole_frame else min(1.0, (192.0 / crop) ** 2) ** 0.5
         passes = (f"whole frames of a fixed view: up to {MAX_ITERATIONS}" if whole_frame else
-                  f"~30 passes over {n} training frames within [1500, {MAX_ITERATIONS}], "
+                  f"~{PASSES_PER_FRAME} passes over {n} training frames within [1500, {MAX_ITERATIONS}], "
                   f"scaled by {factor:.2f} for a {crop} px crop")
         if seconds_per_iteration:
             budget = config.max_seconds or TRAINING_MINUTES * 60
