@@ -29,7 +29,7 @@ from element_pose.engine.metrics import (
     validation_cap,
 )
 from element_pose.engine.network import PoseNet, PretrainedWeightsError, build_backbone
-from element_pose.engine.targets import decode, make_targets
+from element_pose.engine.targets import decode, make_targets, pose_loss
 from element_pose.engine.train import learning_rate
 
 # ---------------------------------------------------------------------------------- config
@@ -68,6 +68,7 @@ def test_config_defaults_roundtrip_and_canonical_hash():
         ({"iterations": 10, "epochs": 3}, "'epochs'"),
         ({"augmentation": {"flip": 0.5}}, "flip_pairs"),
         ({"pcutoff": 1.5}, "'pcutoff'"),
+        ({"hard_keypoint_weight": -1.0}, "'hard_keypoint_weight'"),
         ({"schedule": {"name": "linear"}}, "'schedule.name'"),
     ],
 )
@@ -114,6 +115,29 @@ def test_decoding_inverts_encoding_subpixel():
         assert out.shape == (3, 5, 3)
         assert torch.allclose(out[..., :2], kp, atol=1e-3), stride
         assert bool((out[..., 2] > 0.5).all())
+
+
+def test_hard_keypoint_mining_shifts_gradient_to_the_hardest_parts():
+    kp = torch.tensor([[[20.0, 20.0], [40.0, 12.0], [60.0, 30.0], [10.0, 50.0]]])
+    t = make_targets(kp, (16, 20), stride=4, sigma=4.0, locref_radius=8.0)
+    offsets = torch.zeros(1, 4, 2, 16, 20)
+    # part 0 is predicted far worse than the others
+    logits = torch.logit(t["heatmaps"].clamp(0.02, 0.98))
+    logits[0, 0] = -3.0
+
+    def grads(weight: float) -> torch.Tensor:
+        x = logits.clone().requires_grad_(True)
+        pose_loss(x, offsets, t, 0.5, weight)[0].backward()
+        return x.grad.abs().sum(dim=(0, 2, 3))
+
+    plain, mined = grads(0.0), grads(1.0)
+    share = lambda g: float(g[0] / g.sum())  # noqa: E731
+    assert share(mined) > share(plain)
+    # equally hard parts: the rescaling leaves the loss as it was
+    twins = {**t, "heatmaps": t["heatmaps"][:, :1].expand(1, 4, 16, 20)}
+    flat = torch.full((1, 4, 16, 20), -1.0)
+    assert float(pose_loss(flat, offsets, twins, 0.5, 2.0)[1]) == pytest.approx(
+        float(pose_loss(flat, offsets, twins, 0.5, 0.0)[1]), rel=1e-5)
 
 
 # ---------------------------------------------------------------------------- augmentation

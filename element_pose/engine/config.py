@@ -170,6 +170,9 @@ class EngineConfig:
         Offsets are supervised within this distance (network-input pixels) of a keypoint.
     locref_weight : float
         Weight of the offset loss relative to the heatmap loss.
+    hard_keypoint_weight : float
+        Extra weight of the hardest half of each training sample's keypoint heatmaps
+        (online hard keypoint mining); 0 weighs every part alike.
     crop_size : int or "auto"
         Side of the square training crops, in network-input pixels (after ``input_scale``).
         ``"auto"``: big enough for every body part labeled in one frame, or the whole frame.
@@ -243,6 +246,7 @@ class EngineConfig:
     sigma: float | Literal["auto"] = "auto"
     locref_radius: float = 8.0
     locref_weight: float = 0.5
+    hard_keypoint_weight: float = 0.0
     crop_size: int | Literal["auto"] = "auto"
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -474,6 +478,9 @@ def _check_ranges(c: EngineConfig) -> None:
             _fail(key, f"must be > 0, got {getattr(c, key)}.")
     if c.locref_weight < 0:
         _fail("locref_weight", f"must be >= 0, got {c.locref_weight}.")
+    if c.hard_keypoint_weight < 0:
+        _fail("hard_keypoint_weight", f"must be >= 0 (0 disables it), got "
+              f"{c.hard_keypoint_weight}.")
     if c.iterations is not None and c.epochs is not None:
         _fail("epochs", "and 'iterations' are exclusive: set one of them to null.")
     if c.iterations not in (None, "auto") and c.iterations < 0:

@@ -140,18 +140,33 @@ def decode(heatmaps: torch.Tensor, offsets: torch.Tensor, stride: int) -> torch.
 
 
 def pose_loss(heatmap_logits: torch.Tensor, offsets: torch.Tensor, targets: dict[str, torch.Tensor],
-              locref_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              locref_weight: float, hard_keypoint_weight: float = 0.0,
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Weighted BCE on the heatmaps plus masked smooth-L1 on the offsets.
 
     The BCE is averaged per keypoint map and positive pixels are up-weighted so the small
-    Gaussian blob is not drowned by the background. Returns (total, heatmap, offset) losses.
+    Gaussian blob is not drowned by the background. With ``hard_keypoint_weight`` > 0 the
+    hardest half of each sample's keypoint maps is counted that much more (online hard
+    keypoint mining, as in CPN): a part that is often hidden and has to be inferred from
+    the body keeps a share of the gradient after the easy parts are learned. The heatmap
+    loss is rescaled so its size does not depend on the weight. Returns (total, heatmap,
+    offset) losses.
     """
     target = targets["heatmaps"]
     logits = heatmap_logits.float()
     weight = 1.0 + 10.0 * target
     bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, weight=weight,
                                                                reduction="none")
-    heat_loss = bce.mean(dim=(-1, -2)).sum(dim=1).mean()
+    per_map = bce.mean(dim=(-1, -2))  # (batch, keypoints)
+    n_maps = per_map.shape[1]
+    if hard_keypoint_weight > 0 and n_maps > 1:
+        n_hard = (n_maps + 1) // 2
+        hard = per_map.topk(n_hard, dim=1).values.sum(dim=1)
+        per_sample = (per_map.sum(dim=1) + hard_keypoint_weight * hard) * (
+            n_maps / (n_maps + hard_keypoint_weight * n_hard))
+        heat_loss = per_sample.mean()
+    else:
+        heat_loss = per_map.sum(dim=1).mean()
     mask = targets["offset_mask"]
     n = mask.sum().clamp(min=1)
     diff = torch.nn.functional.smooth_l1_loss(offsets.float(), targets["offsets"],

@@ -179,7 +179,8 @@ def _step(model, optimizer, scaler, crops: np.ndarray, kps: np.ndarray, config: 
     targets = merge_instances(
         make_targets(kpt, tuple(heat.shape[-2:]), config.output_stride, config.sigma,
                      config.locref_radius), instances)
-    loss, heat_loss, off_loss = pose_loss(heat, off, targets, config.locref_weight)
+    loss, heat_loss, off_loss = pose_loss(heat, off, targets, config.locref_weight,
+                                          config.hard_keypoint_weight)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if config.grad_clip is not None:
