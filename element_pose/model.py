@@ -1001,7 +1001,8 @@ class PoseFilterParamSet(dj.Lookup):
             raise TypeError(f"params must be a dict, got {type(params).__name__}.")
         full = FilterParams.from_dict(params).to_dict()
         return train.insert_hashed_params(cls, "filter_paramset_id", full, filter_paramset_id,
-                                          {"filter_description": description})
+                                          {"filter_description": description},
+                                          lambda p: FilterParams.from_dict(p).to_dict())
 
 
 @schema

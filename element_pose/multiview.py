@@ -498,7 +498,8 @@ class TriangulationParamSet(dj.Lookup):
             raise TypeError(f"params must be a dict, got {type(params).__name__}.")
         full = TriangulationParams.from_dict(params).to_dict()
         return train.insert_hashed_params(cls, "triangulation_paramset_id", full, paramset_id,
-                                          {"triangulation_description": description})
+                                          {"triangulation_description": description},
+                                          lambda p: TriangulationParams.from_dict(p).to_dict())
 
 
 @schema

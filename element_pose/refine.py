@@ -201,7 +201,8 @@ class OutlierParamSet(dj.Lookup):
         from .outliers import OutlierParams
 
         full = OutlierParams.from_dict(params or {}).to_dict()
-        return train.insert_hashed_params(cls, "outlier_paramset_id", full, outlier_paramset_id, {})
+        return train.insert_hashed_params(cls, "outlier_paramset_id", full, outlier_paramset_id, {},
+                                          lambda p: OutlierParams.from_dict(p).to_dict())
 
 
 @schema

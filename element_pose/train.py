@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -419,15 +420,25 @@ class LabeledDataset(dj.Manual):
         return write_sleap(path, data, payloads)[0]
 
 
-def insert_hashed_params(table, id_attr: str, full: dict, params_id: int | None, extra: dict) -> dict:
+def insert_hashed_params(table, id_attr: str, full: dict, params_id: int | None, extra: dict,
+                         normalize: Callable[[dict], dict] | None = None) -> dict:
     """Insert validated, defaults-filled ``full`` params into a parameter table deduplicated by
-    ``params_sha256``; shared by training and filtering parameter sets.
+    content; shared by the training, filtering, outlier and triangulation parameter sets.
 
     The same parameters under the same (or no) id return the existing key; under another id
     they raise an error naming the id that holds them.
+
+    ``normalize`` turns a stored row's ``params`` into its full form under the installed
+    version (the same validation that produced ``full``). Rows are matched by it when no row
+    has ``full``'s exact hash, so a row stored before a release added a setting (whose default
+    keeps the old behaviour) still deduplicates: its stored hash was of the shorter dict.
     """
     digest = sha256_json(full)
     holder = (table & {"params_sha256": digest}).keys()
+    if not holder and normalize is not None:
+        holder = [key for key, stored in zip(*table.to_arrays(id_attr, "params"), strict=True)
+                  if _normalized_or_none(normalize, stored) == full]
+        holder = [{id_attr: int(key)} for key in holder]
     if holder:
         if params_id is None or holder[0][id_attr] == params_id:
             return holder[0]
@@ -441,6 +452,16 @@ def insert_hashed_params(table, id_attr: str, full: dict, params_id: int | None,
         raise ValueError(f"{id_attr}={params_id} already holds other parameters; pick a new id.")
     table.insert1({id_attr: params_id, **extra, "params": full, "params_sha256": digest})
     return {id_attr: params_id}
+
+
+def _normalized_or_none(normalize: Callable[[dict], dict], stored: Any) -> dict | None:
+    """``normalize(stored)``, or None for a row the installed version no longer accepts."""
+    if isinstance(stored, str):  # JSON columns come back as text on some backends
+        stored = json.loads(stored)
+    try:
+        return normalize(dict(stored))
+    except (TypeError, ValueError):
+        return None
 
 
 def bodyparts_sha256(bodyparts: Sequence[str]) -> str:
@@ -657,12 +678,17 @@ class TrainingParamSet(dj.Lookup):
         """
         if not isinstance(params, dict):
             raise TypeError(f"params must be a dict, got {type(params).__name__}.")
-        config, multi = split_params(params)
-        full = config.to_dict()
-        if multi is not None:
-            full["multianimal"] = multi.to_dict()
-        return insert_hashed_params(cls, "paramset_id", full, paramset_id,
-                                    {"paramset_description": description})
+        return insert_hashed_params(cls, "paramset_id", full_params(params), paramset_id,
+                                    {"paramset_description": description}, full_params)
+
+
+def full_params(params: dict) -> dict:
+    """Training params validated, with every default filled in (the stored form)."""
+    config, multi = split_params(params)
+    full = config.to_dict()
+    if multi is not None:
+        full["multianimal"] = multi.to_dict()
+    return full
 
 
 def split_params(params: dict):

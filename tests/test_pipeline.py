@@ -229,6 +229,28 @@ def test_bad_params_rejected(pipeline):
         train.TrainingParamSet.insert_new_params(TINY, paramset_id=first["paramset_id"] + 50)
 
 
+def test_params_stored_before_a_setting_was_added_still_deduplicate(pipeline):
+    """A row written by an earlier release lacks settings added since (at defaults that keep
+    the old behaviour); inserting the same parameters again must find it, not fail on its id."""
+    from element_pose.hashing import sha256_json
+
+    train = pipeline.train
+    full = train.full_params({**TINY, "seed": 4242})
+    old = {k: v for k, v in full.items() if k != "hard_keypoint_weight"}
+    old_id = int(max(train.TrainingParamSet.to_arrays("paramset_id"), default=-1)) + 1
+    train.TrainingParamSet.insert1({"paramset_id": old_id, "params": old,
+                                    "params_sha256": sha256_json(old)})
+    try:
+        key = {"paramset_id": old_id}
+        assert train.TrainingParamSet.insert_new_params({**TINY, "seed": 4242}) == key
+        assert train.TrainingParamSet.insert_new_params({**TINY, "seed": 4242},
+                                                        paramset_id=old_id) == key
+        # a real difference is still a different parameter set
+        with pytest.raises(ValueError, match="already holds other parameters"):
+            train.TrainingParamSet.insert_new_params({**TINY, "seed": 4243}, paramset_id=old_id)
+    finally:
+        (train.TrainingParamSet & {"paramset_id": old_id}).delete_quick()
+
 def test_failed_training_inserts_nothing(pipeline, trained):
     """A training that fails (here: multi-animal settings for a one-animal dataset) leaves no
     ModelTraining row."""
