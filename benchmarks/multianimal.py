@@ -89,6 +89,9 @@ def main() -> None:
     ap.add_argument("--centroid-iterations", default="auto")
     ap.add_argument("--instance-iterations", default="auto")
     ap.add_argument("--test-stop", type=int, default=1500)
+    ap.add_argument("--align", action="store_true",
+                    help="egocentric crops (multianimal.align): turned to the body axis")
+    ap.add_argument("--tag", default="", help="suffix of the result file name")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -98,7 +101,7 @@ def main() -> None:
     images = read_frames(video, train_idx)
     kp = labels.keypoints[train_idx]
     ma = MultiAnimalConfig.from_dict({
-        "identity": True,
+        "identity": True, "align": args.align,
         **({} if args.centroid_iterations == "auto"
            else {"centroid_iterations": int(args.centroid_iterations)}),
         **({} if args.instance_iterations == "auto"
@@ -158,7 +161,7 @@ def main() -> None:
         "device": "cpu", "init": "random",
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "multianimal_fly.json").write_text(json.dumps(row, indent=1))
+    (args.out / f"multianimal_fly{args.tag}.json").write_text(json.dumps(row, indent=1))
     print(json.dumps(row, indent=1))
 
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from element_pose.engine.augment import affine_matrix, apply_affine
 from element_pose.engine.config import ConfigError, EngineConfig
 from element_pose.engine.metrics import (
     average_precision,
@@ -20,9 +22,13 @@ from element_pose.engine.metrics import (
 )
 from element_pose.engine.multianimal import (
     MultiAnimalConfig,
+    axis_angles,
+    choose_axis,
     load_any_model,
     load_multianimal_model,
+    match_axis_angles,
     plan,
+    rotated_crops,
     train_multianimal,
 )
 from element_pose.engine.targets import find_peaks, make_targets, merge_instances
@@ -137,6 +143,72 @@ def test_multianimal_config_is_validated():
     assert MultiAnimalConfig.from_dict({"identity": True}).identity is True
 
 
+def test_egocentric_settings_are_validated_and_chosen_from_the_labels():
+    with pytest.raises(ConfigError, match="align_parts"):
+        MultiAnimalConfig.from_dict({"align": True, "align_parts": ["head"]})
+    with pytest.raises(ConfigError, match="align_parts"):
+        MultiAnimalConfig.from_dict({"align": True, "align_parts": ["head", "head"]})
+    rng = np.random.default_rng(1)
+    n = 40
+    centre = rng.uniform(100, 400, size=(n, 2, 2))
+    heading = rng.uniform(-np.pi, np.pi, size=(n, 2))
+    unit = np.stack([np.cos(heading), np.sin(heading)], axis=-1)
+    kp = np.stack([centre + 30 * unit + rng.normal(0, 0.5, (n, 2, 2)),  # nose: rigid, far
+                   centre,                                                # body centre
+                   centre + rng.normal(0, 8, size=(n, 2, 2)),             # a limb: anywhere
+                   centre - 8 * unit + rng.normal(0, 3, (n, 2, 2))],      # tail base: close
+                  axis=2)
+    names = ["nose", "body", "limb", "tailbase"]
+    assert choose_axis(kp, names, 80.0)[0] == ("nose", "body")
+    chosen = plan([(500, 500)] * n, kp, EngineConfig(), MultiAnimalConfig(align=True),
+                  bodyparts=names)
+    assert chosen.multianimal.align_parts == ("nose", "body")
+    assert chosen.instance.augmentation.rotation == 15.0
+    with pytest.raises(ConfigError, match="does not label"):
+        plan([(500, 500)] * n, kp, EngineConfig(),
+             MultiAnimalConfig(align=True, align_parts=("snout", "body")), bodyparts=names)
+    kp[:, :, 0] = np.nan  # no rigid pair left that is long enough
+    with pytest.raises(ConfigError, match="align_parts"):
+        choose_axis(kp, names, 80.0)
+
+
+def test_egocentric_crops_turn_the_axis_up_and_match_the_training_crops():
+    """The inference crop (roi_align + grid_sample) holds the pixels of the training crop
+    (cv2.warpAffine with affine_matrix), and both turn the back -> front axis upwards."""
+    rng = np.random.default_rng(2)
+    image = cv2.GaussianBlur(rng.integers(0, 255, (240, 260, 3), dtype=np.uint8), (7, 7), 2)
+    centre, crop = np.array([131.3, 117.8]), 64
+    front = centre + 25 * np.array([np.cos(0.7), np.sin(0.7)])
+    kp = np.stack([front, centre])
+    angle = float(axis_angles(kp, 0, 1))
+    matrix = affine_matrix(tuple(centre), crop, angle_deg=angle)
+    up = apply_affine(kp, matrix)
+    assert up[0, 1] < up[1, 1] - 24 and abs(up[0, 0] - up[1, 0]) < 1e-6
+    train_crop = cv2.warpAffine(image, matrix, (crop, crop), flags=cv2.INTER_LINEAR)
+    src = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    ours = rotated_crops(src, torch.zeros(1, dtype=torch.long), torch.tensor([centre[0]]),
+                         torch.tensor([centre[1]]), torch.tensor([angle]), crop)
+    ours = ours[0].permute(1, 2, 0).numpy()
+    assert np.abs(ours - train_crop).mean() < 1.0
+    assert np.abs(ours - np.rot90(train_crop)).mean() > 5.0  # the check can tell a turn
+
+
+def test_axis_ends_of_touching_animals_are_not_shared():
+    """Two animals side by side: the front end at (116, 85) is the nearest to both, but the
+    optimal assignment gives each animal its own."""
+    found = np.array([[[[100, 100, 0.9], [130, 100, 0.9]],   # centres
+                       [[116, 85, 0.9], [100, 130, 0.8]],    # front ends
+                       [[144, 115, 0.7], [100, 80, 0.7]]]])  # back ends
+    angles = match_axis_angles(found)
+    # animal 0 faces down ((100, 80) -> (100, 130)), animal 1 up-left ((144, 115) -> (116, 85))
+    expected = [np.degrees(np.arctan2(50, 0)) + 90, np.degrees(np.arctan2(-30, -28)) + 90]
+    np.testing.assert_allclose(angles[0], expected)
+    found[0, 2] = np.nan  # no back end found: the centre stands in
+    np.testing.assert_allclose(match_axis_angles(found)[0],
+                               [np.degrees(np.arctan2(30, 0)) + 90,
+                                np.degrees(np.arctan2(-15, -14)) + 90])
+
+
 def test_multianimal_iterations_fit_the_time_budget_at_the_measured_speed():
     """Both networks' automatic counts follow the measured speed: a fast device trains 30
     passes over the animals, a slow one what fits its share of the budget."""
@@ -247,6 +319,35 @@ def test_trained_pair_model_finds_both_animals_and_names_them(pair):
     video, stats = model.predict_video(sample.video_path, batch_size=16, progress=False)
     np.testing.assert_allclose(video.poses, found.poses, atol=0.5)
     assert stats["frames"] == 160
+
+
+def test_egocentric_pair_model_finds_both_animals(pair, request, tmp_path):
+    """``align``: the centroid network also finds each animal's body axis and the instance
+    network sees every animal turned upright; it must still find both animals, as precisely,
+    in frames and in the video."""
+    sample, _ = pair
+    cache = Path(request.config.cache.mkdir(f"pair-aligned-{_engine_hash()}"))
+    path = cache / "model.pt"
+    if not path.is_file():
+        frames = list(iter_frames(sample.video_path))
+        images = [frames[i] for i in sample.labeled_frames]
+        result = train_multianimal(
+            images, sample.keypoints[sample.labeled_frames], BODYPARTS, sample.individuals,
+            EngineConfig.from_dict(SMALL),
+            MultiAnimalConfig.from_dict({**PAIR_TRAIN, "align": True}), tmp_path,
+            progress=False)
+        assert "align_parts" in result.auto_report["chosen"]
+        result.checkpoint_path.replace(path)
+    model = load_multianimal_model(path, device="cpu")
+    assert model.settings.align and len(model.settings.align_parts) == 2
+    assert model.centroid.bodyparts[0] == "animal" and len(model.centroid.bodyparts) == 3
+    frames = list(iter_frames(sample.video_path))
+    found = model.predict_frames(frames, batch_size=16)
+    ev = evaluate_multianimal(found.poses, found.scores, sample.keypoints)
+    assert ev["missed"] + ev["spurious"] <= 0.03 * ev["labeled_animals"]
+    assert ev["median_error_px"] < 2.0
+    video, _ = model.predict_video(sample.video_path, batch_size=16, progress=False)
+    np.testing.assert_allclose(video.poses, found.poses, atol=0.5)
 
 
 def test_single_and_multi_model_files_are_told_apart(pair, tmp_path):

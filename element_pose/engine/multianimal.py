@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
+from scipy.optimize import linear_sum_assignment
 from tqdm.auto import tqdm
 
 from element_pose.engine.augment import affine_matrix, apply_affine
@@ -107,6 +108,16 @@ class MultiAnimalConfig:
     min_distance : float or "auto"
         Two detections closer than this (pixels, mean over shared parts) are one animal
         (``"auto"``: a fifth of the median animal length).
+    align : bool
+        Egocentric crops: turn every instance crop so the animal's body axis points up, as
+        LEAP and DeepPoseKit do for flies. The centroid network also learns the two parts of
+        ``align_parts`` and the axis between them sets each crop's angle, so the instance
+        network never has to learn the animal at every orientation (its rotation
+        augmentation drops to +-15 degrees, for the error of the predicted axis).
+    align_parts : list of two str or "auto"
+        The body axis, the part turned up first (``"auto"``: among parts labeled on >= 90 %
+        of the animals and a quarter of the median animal length apart, the pair under which
+        the turned animals scatter least, :func:`choose_axis`).
     """
 
     max_animals: int | Literal["auto"] = "auto"
@@ -118,6 +129,8 @@ class MultiAnimalConfig:
     instance_input_scale: float | Literal["auto"] = "auto"
     detection_threshold: float = 0.2
     min_distance: float | Literal["auto"] = "auto"
+    align: bool = False
+    align_parts: tuple[str, ...] | Literal["auto"] = "auto"
 
     @classmethod
     def from_dict(cls, d: dict | None = None) -> MultiAnimalConfig:
@@ -133,6 +146,10 @@ class MultiAnimalConfig:
             value = getattr(out, key)
             if value != "auto" and not value > 0:
                 raise ConfigError(f"Config key 'multianimal.{key}' must be > 0, got {value}.")
+        if out.align_parts != "auto" and (len(out.align_parts) != 2
+                                          or out.align_parts[0] == out.align_parts[1]):
+            raise ConfigError("Config key 'multianimal.align_parts' must name two different "
+                              f"body parts (front, back), got {list(out.align_parts)}.")
         if not 0 < out.detection_threshold < 1:
             raise ConfigError("Config key 'multianimal.detection_threshold' must be within "
                               f"(0, 1), got {out.detection_threshold}.")
@@ -154,6 +171,54 @@ def instance_boxes(keypoints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         warnings.simplefilter("ignore", RuntimeWarning)  # an unlabeled instance is normal
         lo, hi = np.nanmin(kp, axis=-2), np.nanmax(kp, axis=-2)
     return (lo + hi) / 2.0, (hi - lo).max(axis=-1)
+
+
+def choose_axis(keypoints: np.ndarray, bodyparts: Sequence[str], median_extent: float
+                ) -> tuple[tuple[str, str], str]:
+    """The body axis of egocentric crops (front, back) and why.
+
+    Among parts labeled on >= 90 % of the animals and at least a quarter of
+    ``median_extent`` apart on average (a short axis gives a noisy angle), the pair under
+    which the turned animals scatter least: the mean over body parts of the spread of their
+    egocentric positions. A distance alone would not do: a wing keeps its distance from the
+    thorax while it swings.
+    """
+    kp = np.asarray(keypoints, dtype=np.float64).reshape(-1, len(bodyparts), 2)
+    kp = kp[np.isfinite(kp).all(axis=-1).any(axis=-1)]
+    seen = np.isfinite(kp).all(axis=-1).mean(axis=0)
+    best, best_spread = None, math.inf
+    for a in range(len(bodyparts)):
+        for b in range(len(bodyparts)):
+            if a == b or min(seen[a], seen[b]) < 0.9:
+                continue
+            if np.nanmean(np.linalg.norm(kp[:, a] - kp[:, b], axis=-1)) < 0.25 * median_extent:
+                continue
+            rad = np.radians(axis_angles(kp, a, b))[:, None]
+            dx, dy = kp[..., 0] - kp[:, b, None, 0], kp[..., 1] - kp[:, b, None, 1]
+            x, y = np.cos(rad) * dx + np.sin(rad) * dy, -np.sin(rad) * dx + np.cos(rad) * dy
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a part never labeled
+                spread = float(np.nanmean(np.sqrt(np.nanvar(x, axis=0) + np.nanvar(y, axis=0))))
+            if spread < best_spread - 1e-9:
+                best, best_spread = (bodyparts[a], bodyparts[b]), spread
+    if best is None:
+        raise ConfigError(
+            "multianimal.align is on, but no two body parts are labeled on >= 90 % of the "
+            "animals at least a quarter of the animal's length apart; name the body axis with "
+            "'multianimal.align_parts' (front, back), or set 'multianimal.align' to false.")
+    return best, (f"the parts scatter least around it: {best_spread:.1f} px on average in the "
+                  "turned crops, over the pairs of parts labeled on >= 90 % of the animals")
+
+
+def axis_angles(keypoints: np.ndarray, front: int, back: int) -> np.ndarray:
+    """Crop angles (degrees, as :func:`~element_pose.engine.augment.affine_matrix` takes them)
+    that turn the back -> front axis of each animal to point up; 0 where a part is missing.
+
+    ``keypoints`` is (..., K, 2); returns (...).
+    """
+    v = np.asarray(keypoints)[..., front, :] - np.asarray(keypoints)[..., back, :]
+    angle = np.degrees(np.arctan2(v[..., 1], v[..., 0])) + 90.0
+    return np.where(np.isfinite(angle), angle, 0.0)
 
 
 def _round_up(value: float, multiple: int = 32) -> int:
@@ -195,9 +260,11 @@ class MultiAnimalPlan:
 
 
 def plan(image_sizes: Sequence[tuple[int, int]], keypoints: np.ndarray, config: EngineConfig,
-         ma: MultiAnimalConfig, seconds_per_iteration: dict[str, float] | None = None
-         ) -> MultiAnimalPlan:
+         ma: MultiAnimalConfig, seconds_per_iteration: dict[str, float] | None = None,
+         bodyparts: Sequence[str] | None = None) -> MultiAnimalPlan:
     """Resolve the ``"auto"`` multi-animal settings from the labels (N, M, K, 2).
+
+    ``bodyparts`` (the K names) are needed for ``align``.
 
     ``seconds_per_iteration`` (``{"centroid": s, "instance": s}``, measured on the training
     device) makes the automatic iteration counts fit the time budget on this machine.
@@ -236,6 +303,17 @@ def plan(image_sizes: Sequence[tuple[int, int]], keypoints: np.ndarray, config: 
     if min_distance == "auto":
         min_distance = pick("min_distance", round(median / 5.0, 2),
                             "a fifth of the median animal length")
+    axis = ma.align_parts
+    if ma.align:
+        names = [f"part{k}" for k in range(keypoints.shape[2])] if bodyparts is None \
+            else list(bodyparts)
+        if axis == "auto":
+            axis, why = choose_axis(keypoints, names, median)
+            axis = pick("align_parts", list(axis), why)
+        unknown = [a for a in axis if a not in names]
+        if unknown:
+            raise ConfigError(f"multianimal.align_parts names {unknown}, which the dataset does "
+                              f"not label; its body parts are {names}.")
     n_frames, n_instances = len(keypoints), int(labeled.sum())
 
     # The centroid network trains on crops of at most CENTROID_CROP px (over six animal
@@ -260,7 +338,9 @@ def plan(image_sizes: Sequence[tuple[int, int]], keypoints: np.ndarray, config: 
     aug = _to_plain(config.augmentation)
     # Crops stay centred on their animal (the network must learn which animal is meant):
     # small shifts, no part-targeted crops; zoom and rotation as for any freely moving animal.
-    for key, value in (("rotation", 180.0), ("scale", [0.9, 1.1]), ("translate", 0.03)):
+    # Egocentric crops are already turned to the body axis: rotation covers its error only.
+    rotation = 15.0 if ma.align else 180.0
+    for key, value in (("rotation", rotation), ("scale", [0.9, 1.1]), ("translate", 0.03)):
         if aug[key] == "auto":
             aug[key] = value
     aug.update(crop_around_keypoints=1.0, part_crop_fraction=0.0)
@@ -278,7 +358,7 @@ def plan(image_sizes: Sequence[tuple[int, int]], keypoints: np.ndarray, config: 
         **ma.to_dict(), "max_animals": int(max_animals), "centroid_input_scale": float(cscale),
         "instance_input_scale": float(iscale), "instance_crop_size": int(crop),
         "min_distance": float(min_distance), "centroid_iterations": int(cits),
-        "instance_iterations": its})
+        "instance_iterations": its, "align_parts": list(axis) if ma.align else "auto"})
     report = {"stats": {"frames": n_frames, "instances": n_instances,
                         "median_animal_px": median, "largest_animal_px": largest,
                         "frame_side_px": frame_side}, "chosen": chosen}
@@ -286,9 +366,11 @@ def plan(image_sizes: Sequence[tuple[int, int]], keypoints: np.ndarray, config: 
 
 
 def instance_crops(images: Sequence[np.ndarray], keypoints: np.ndarray, individuals: list[str],
-                   crop_size: int, scale: float, identity: bool
+                   crop_size: int, scale: float, identity: bool,
+                   angles: np.ndarray | None = None
                    ) -> tuple[list[np.ndarray], np.ndarray, list[tuple[int, int]]]:
-    """Training crops (1.5 x ``crop_size``) cut around each labeled animal.
+    """Training crops (1.5 x ``crop_size``) cut around each labeled animal, turned by
+    ``angles`` (N, M) degrees for egocentric crops.
 
     Returns the crops, their keypoints (n, K [+ C identity channels], 2) and the
     (frame, individual) index of each. Identity channel ``c`` is labeled at the crop centre
@@ -302,7 +384,8 @@ def instance_crops(images: Sequence[np.ndarray], keypoints: np.ndarray, individu
         for m in range(keypoints.shape[1]):
             if not np.isfinite(extent[i, m]):
                 continue
-            matrix = affine_matrix(tuple(centres[i, m]), side, zoom=scale)
+            angle = 0.0 if angles is None else float(angles[i, m])
+            matrix = affine_matrix(tuple(centres[i, m]), side, angle_deg=angle, zoom=scale)
             crops.append(cv2.warpAffine(image, matrix, (side, side), flags=cv2.INTER_LINEAR,
                                         borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0)))
             kp = apply_affine(keypoints[i, m], matrix)
@@ -354,29 +437,37 @@ def train_multianimal(images: Sequence[np.ndarray], keypoints: np.ndarray,
         raise ValueError(f"An individual name appears twice: {individuals}.")
     imgs = validate_images(images)
     sizes = [(im.shape[1], im.shape[0]) for im in imgs]
-    p = plan(sizes, kp, config, ma)
+    p = plan(sizes, kp, config, ma, bodyparts=bodyparts)
     n_channels = len(bodyparts) + (len(individuals) if p.multianimal.identity else 0)
     precision = None
     if config.cpu_bf16 == "auto":
         # one choice for both networks, timed on the costlier one; it sets their speed
         _, precision = choose_cpu_bf16(p.instance, n_channels)
         config = config.replace(cpu_bf16=precision["value"])
-        p = plan(sizes, kp, config, ma)
+        p = plan(sizes, kp, config, ma, bodyparts=bodyparts)
     if "centroid_iterations" in p.report["chosen"] or "instance_iterations" in p.report["chosen"]:
         # time three steps of each network here, then plan the counts that fit the budget
-        speed = {"centroid": measure_iteration_seconds(p.centroid, 1),
+        speed = {"centroid": measure_iteration_seconds(p.centroid, 3 if ma.align else 1),
                  "instance": measure_iteration_seconds(p.instance, n_channels)}
-        p = plan(sizes, kp, config, ma, seconds_per_iteration=speed)
+        p = plan(sizes, kp, config, ma, seconds_per_iteration=speed, bodyparts=bodyparts)
         p.report["seconds_per_iteration"] = speed
     if precision is not None:
         p.report["chosen"]["cpu_bf16"] = precision
     workdir = Path(workdir)
     centres, _ = instance_boxes(kp)
+    targets, target_names, angles = centres[:, :, None, :], ["animal"], None
+    if p.multianimal.align:
+        # the centroid network also finds both ends of the body axis of every animal
+        front, back = (bodyparts.index(a) for a in p.multianimal.align_parts)
+        targets = np.concatenate([targets, kp[:, :, [front, back]]], axis=2)
+        target_names += [f"axis:{bodyparts[front]}", f"axis:{bodyparts[back]}"]
+        angles = axis_angles(kp, front, back)
     logger.info("Training the centroid network (%s)", p.report["chosen"])
-    cres = train(imgs, centres[:, :, None, :], ["animal"], p.centroid, workdir / "centroid",
+    cres = train(imgs, targets, target_names, p.centroid, workdir / "centroid",
                  progress=progress)
     crops, ikp, _ = instance_crops(imgs, kp, individuals, p.multianimal.instance_crop_size,
-                                   p.multianimal.instance_input_scale, p.multianimal.identity)
+                                   p.multianimal.instance_input_scale, p.multianimal.identity,
+                                   angles)
     channels = bodyparts + ([IDENTITY_PREFIX + n for n in individuals]
                             if p.multianimal.identity else [])
     logger.info("Training the instance network on %d animals", len(crops))
@@ -459,11 +550,13 @@ class MultiAnimalModel:
         small = F.interpolate(x, size=(ch, cw), mode="area") if (ch, cw) != (h, w) else x
         heat, off = cm.network(cm.network.normalize(small))
         m = self.max_animals
-        peaks = find_peaks(heat, off, cm.network.output_stride, 2 * m,
-                           s.detection_threshold)[:, 0]  # (B, 2M, 3)
-        peaks[..., 0] = (peaks[..., 0] + 0.5) * (w / cw) - 0.5
-        peaks[..., 1] = (peaks[..., 1] + 0.5) * (h / ch) - 0.5
-        # 2. The instance network on a crop centred on each centroid.
+        found = find_peaks(heat, off, cm.network.output_stride, 2 * m,
+                           s.detection_threshold)  # (B, 1 [+ 2 axis ends], 2M, 3)
+        found[..., 0] = (found[..., 0] + 0.5) * (w / cw) - 0.5
+        found[..., 1] = (found[..., 1] + 0.5) * (h / ch) - 0.5
+        peaks = found[:, 0]
+        # 2. The instance network on a crop centred on each centroid (turned to the body
+        #    axis for egocentric models).
         ok = torch.isfinite(peaks[..., 2])
         frame_of, slot = torch.nonzero(ok, as_tuple=True)
         k = len(self.bodyparts)
@@ -478,14 +571,26 @@ class MultiAnimalModel:
                                     mode="area" if iscale < 1 else "bilinear")
             cx = (peaks[frame_of, slot, 0] + 0.5) * iscale - 0.5
             cy = (peaks[frame_of, slot, 1] + 0.5) * iscale - 0.5
-            x1, y1 = cx - (crop - 1) / 2.0, cy - (crop - 1) / 2.0
-            boxes = torch.stack([frame_of.float(), x1, y1, x1 + crop, y1 + crop], dim=1)
-            crops = torchvision.ops.roi_align(src, boxes, crop, 1.0, 1, aligned=True)
+            if s.align:
+                angle = torch.as_tensor(match_axis_angles(found.cpu().numpy()),
+                                        dtype=x.dtype, device=x.device)[frame_of, slot]
+                crops = rotated_crops(src, frame_of, cx, cy, angle, crop)
+            else:
+                x1, y1 = cx - (crop - 1) / 2.0, cy - (crop - 1) / 2.0
+                boxes = torch.stack([frame_of.float(), x1, y1, x1 + crop, y1 + crop], dim=1)
+                crops = torchvision.ops.roi_align(src, boxes, crop, 1.0, 1, aligned=True)
+                angle = torch.zeros_like(cx)
             net = self.instance.network
             hm, of = net(net.normalize(crops))
             out = decode(hm.float(), of.float(), net.output_stride)  # (n, K + C, 3)
-            out[..., 0] = (out[..., 0] + x1[:, None] + 0.5) / iscale - 0.5
-            out[..., 1] = (out[..., 1] + y1[:, None] + 0.5) / iscale - 0.5
+            # crop pixels -> source pixels: the inverse of affine_matrix(centre, crop, angle)
+            a = torch.deg2rad(angle)[:, None]
+            cos, sin = torch.cos(a), torch.sin(a)
+            du, dv = out[..., 0] - (crop - 1) / 2.0, out[..., 1] - (crop - 1) / 2.0
+            sx = cos * du - sin * dv + cx[:, None]
+            sy = sin * du + cos * dv + cy[:, None]
+            out[..., 0] = (sx + 0.5) / iscale - 0.5
+            out[..., 1] = (sy + 0.5) / iscale - 0.5
             poses[frame_of, slot] = out
         identity = None
         if n_ch > k:
@@ -567,6 +672,59 @@ class MultiAnimalModel:
         seconds = time.perf_counter() - t0
         return self._concat(parts), {"frames": frames, "seconds": seconds,
                                      "fps": frames / seconds if seconds > 0 else float("nan")}
+
+
+def match_axis_angles(found: np.ndarray) -> np.ndarray:
+    """Crop angle (degrees) of each detected animal from the centroid network's axis peaks.
+
+    ``found`` is (B, 3, P, 3): peaks of the animal, front and back maps. Each animal gets the
+    front and the back peak of an optimal assignment by distance (so two touching animals do
+    not share one); a missing end is replaced by the animal's centre. Returns (B, P); 0 where
+    neither end was found.
+    """
+    b, _, n, _ = found.shape
+    angles = np.zeros((b, n))
+    for i in range(b):
+        animals = found[i, 0, :, :2]
+        alive = np.flatnonzero(np.isfinite(found[i, 0, :, 2]))
+        ends = []
+        for c in (1, 2):
+            end = animals.copy()
+            cand = np.flatnonzero(np.isfinite(found[i, c, :, 2]))
+            if len(alive) and len(cand):
+                cost = np.linalg.norm(animals[alive, None] - found[i, c, cand, None, :2]
+                                      .transpose(1, 0, 2), axis=-1)
+                rows, cols = linear_sum_assignment(cost)
+                end[alive[rows]] = found[i, c, cand[cols], :2]
+            ends.append(end)
+        v = ends[0] - ends[1]
+        angle = np.degrees(np.arctan2(v[:, 1], v[:, 0])) + 90.0
+        angles[i] = np.where(np.isfinite(angle) & (np.abs(v).sum(axis=1) > 0), angle, 0.0)
+    return angles
+
+
+def rotated_crops(src: torch.Tensor, frame_of: torch.Tensor, cx: torch.Tensor,
+                  cy: torch.Tensor, angle: torch.Tensor, crop: int) -> torch.Tensor:
+    """``crop`` px crops of ``src`` (B, 3, H, W) centred on (cx, cy), turned by ``angle``
+    degrees: the same pixels as ``cv2.warpAffine`` with
+    :func:`~element_pose.engine.augment.affine_matrix` (centre, crop, angle) gives in training.
+
+    An axis-aligned crop large enough for any angle is cut first (``roi_align``), so the
+    rotation (``grid_sample``) only touches small images.
+    """
+    big = int(math.ceil(crop * math.sqrt(2))) + 2
+    x1, y1 = cx - (big - 1) / 2.0, cy - (big - 1) / 2.0
+    boxes = torch.stack([frame_of.to(src.dtype), x1, y1, x1 + big, y1 + big], dim=1).to(src.dtype)
+    around = torchvision.ops.roi_align(src, boxes, big, 1.0, 1, aligned=True)
+    a = torch.deg2rad(angle.to(src.dtype))[:, None, None]
+    cos, sin = torch.cos(a), torch.sin(a)
+    d = torch.arange(crop, dtype=src.dtype, device=src.device) - (crop - 1) / 2.0
+    du, dv = d[None, None, :], d[None, :, None]  # (1, 1, crop) across, (1, crop, 1) down
+    qx = cos * du - sin * dv + (big - 1) / 2.0
+    qy = sin * du + cos * dv + (big - 1) / 2.0
+    grid = torch.stack([(2 * qx + 1) / big - 1, (2 * qy + 1) / big - 1], dim=-1)
+    return F.grid_sample(around, grid, mode="bilinear", padding_mode="zeros",
+                         align_corners=False)
 
 
 def _batches(paths: Sequence[str | Path], batch_size: int, stop: int | None
