@@ -244,6 +244,8 @@ def test_measuring_the_speed_leaves_the_random_state_alone():
     seconds = measure_iteration_seconds(cfg, n_keypoints=3, repeats=1)
     assert 0 < seconds < 60
     assert torch.equal(torch.get_rng_state(), before)
+    # the multi-animal networks are timed before training resolves their sigma
+    assert 0 < measure_iteration_seconds(cfg.replace(sigma="auto"), 3, repeats=1) < 60
 
 
 def test_whole_frames_of_a_fixed_view_keep_the_full_iteration_count():

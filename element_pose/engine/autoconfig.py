@@ -202,6 +202,11 @@ def dataset_stats(image_sizes: Sequence[tuple[int, int]], keypoints: np.ndarray)
     )
 
 
+def auto_sigma(output_stride: int) -> float:
+    """``sigma="auto"``: a coarse heatmap still has a positive blob wider than one cell."""
+    return max(4.0, 0.75 * output_stride)
+
+
 def _round_up(value: float, multiple: int = 32) -> int:
     return int(math.ceil(value / multiple) * multiple)
 
@@ -304,7 +309,7 @@ def resolve_config(config: EngineConfig, stats: DatasetStats,
     changes["output_stride"] = stride
 
     if config.sigma == "auto":
-        sigma = max(4.0, 0.75 * stride)
+        sigma = auto_sigma(stride)
         chosen["sigma"] = {"value": sigma,
                            "reason": f"max(4, 0.75 x output stride {stride})"}
         changes["sigma"] = sigma

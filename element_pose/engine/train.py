@@ -18,6 +18,7 @@ import torchvision
 from tqdm.auto import tqdm
 
 from element_pose.engine.autoconfig import (
+    auto_sigma,
     available_memory,
     cheaper_for_budget,
     check_feasible,
@@ -202,6 +203,8 @@ def measure_iteration_seconds(config: EngineConfig, n_keypoints: int, repeats: i
     """
     device = torch.device(config.resolved_device())
     crop, batch = int(config.crop_size), int(config.batch_size)
+    if config.sigma == "auto":  # as training will resolve it (the timing hardly depends on it)
+        config = config.replace(sigma=auto_sigma(int(config.output_stride)))
     # fork_rng restores the CPU generator the random initialisation draws from; pretrained
     # weights are not loaded (the timing does not depend on them)
     with torch.random.fork_rng(devices=[]), _torch_threads(config.num_threads):
