@@ -167,9 +167,19 @@ def test_egocentric_settings_are_validated_and_chosen_from_the_labels():
     with pytest.raises(ConfigError, match="does not label"):
         plan([(500, 500)] * n, kp, EngineConfig(),
              MultiAnimalConfig(align=True, align_parts=("snout", "body")), bodyparts=names)
+    auto = plan([(500, 500)] * n, kp, EngineConfig(), MultiAnimalConfig(align="auto"),
+                bodyparts=names)
+    assert auto.multianimal.align is True and auto.report["chosen"]["align"]["value"] is True
     kp[:, :, 0] = np.nan  # no rigid pair left that is long enough
     with pytest.raises(ConfigError, match="align_parts"):
         choose_axis(kp, names, 80.0)
+    kp[::2, :, 2:] = np.nan  # limb and tail base on half the animals: no axis at all
+    with pytest.raises(ConfigError, match="align_parts"):
+        plan([(500, 500)] * n, kp, EngineConfig(), MultiAnimalConfig(align=True),
+             bodyparts=names)
+    auto = plan([(500, 500)] * n, kp, EngineConfig(), MultiAnimalConfig(align="auto"),
+                bodyparts=names)
+    assert auto.multianimal.align is False and auto.instance.augmentation.rotation == 180.0
 
 
 def test_egocentric_crops_turn_the_axis_up_and_match_the_training_crops():

@@ -108,12 +108,13 @@ class MultiAnimalConfig:
     min_distance : float or "auto"
         Two detections closer than this (pixels, mean over shared parts) are one animal
         (``"auto"``: a fifth of the median animal length).
-    align : bool
+    align : bool or "auto"
         Egocentric crops: turn every instance crop so the animal's body axis points up, as
         LEAP and DeepPoseKit do for flies. The centroid network also learns the two parts of
         ``align_parts`` and the axis between them sets each crop's angle, so the instance
         network never has to learn the animal at every orientation (its rotation
         augmentation drops to +-15 degrees, for the error of the predicted axis).
+        ``"auto"``: when the labels have a body axis (see ``align_parts``).
     align_parts : list of two str or "auto"
         The body axis, the part turned up first (``"auto"``: among parts labeled on >= 90 %
         of the animals and a quarter of the median animal length apart, the pair under which
@@ -129,7 +130,7 @@ class MultiAnimalConfig:
     instance_input_scale: float | Literal["auto"] = "auto"
     detection_threshold: float = 0.2
     min_distance: float | Literal["auto"] = "auto"
-    align: bool = False
+    align: bool | Literal["auto"] = False
     align_parts: tuple[str, ...] | Literal["auto"] = "auto"
 
     @classmethod
@@ -303,17 +304,27 @@ def plan(image_sizes: Sequence[tuple[int, int]], keypoints: np.ndarray, config: 
     if min_distance == "auto":
         min_distance = pick("min_distance", round(median / 5.0, 2),
                             "a fifth of the median animal length")
-    axis = ma.align_parts
-    if ma.align:
+    axis, align = ma.align_parts, ma.align
+    if align is not False:
         names = [f"part{k}" for k in range(keypoints.shape[2])] if bodyparts is None \
             else list(bodyparts)
         if axis == "auto":
-            axis, why = choose_axis(keypoints, names, median)
-            axis = pick("align_parts", list(axis), why)
-        unknown = [a for a in axis if a not in names]
-        if unknown:
-            raise ConfigError(f"multianimal.align_parts names {unknown}, which the dataset does "
-                              f"not label; its body parts are {names}.")
+            try:
+                axis, why = choose_axis(keypoints, names, median)
+            except ConfigError:
+                if align is True:
+                    raise
+                align = pick("align", False, "no two parts labeled on >= 90 % of the animals "
+                             "make a body axis a quarter of the animal long")
+            else:
+                axis = pick("align_parts", list(axis), why)
+        if align is not False:
+            unknown = [a for a in axis if a not in names]
+            if unknown:
+                raise ConfigError(f"multianimal.align_parts names {unknown}, which the dataset "
+                                  f"does not label; its body parts are {names}.")
+            if align == "auto":
+                align = pick("align", True, "a body axis was found: egocentric crops")
     n_frames, n_instances = len(keypoints), int(labeled.sum())
 
     # The centroid network trains on crops of at most CENTROID_CROP px (over six animal
@@ -339,7 +350,7 @@ def plan(image_sizes: Sequence[tuple[int, int]], keypoints: np.ndarray, config: 
     # Crops stay centred on their animal (the network must learn which animal is meant):
     # small shifts, no part-targeted crops; zoom and rotation as for any freely moving animal.
     # Egocentric crops are already turned to the body axis: rotation covers its error only.
-    rotation = 15.0 if ma.align else 180.0
+    rotation = 15.0 if align else 180.0
     for key, value in (("rotation", rotation), ("scale", [0.9, 1.1]), ("translate", 0.03)):
         if aug[key] == "auto":
             aug[key] = value
@@ -358,7 +369,8 @@ def plan(image_sizes: Sequence[tuple[int, int]], keypoints: np.ndarray, config: 
         **ma.to_dict(), "max_animals": int(max_animals), "centroid_input_scale": float(cscale),
         "instance_input_scale": float(iscale), "instance_crop_size": int(crop),
         "min_distance": float(min_distance), "centroid_iterations": int(cits),
-        "instance_iterations": its, "align_parts": list(axis) if ma.align else "auto"})
+        "instance_iterations": its, "align": bool(align),
+        "align_parts": list(axis) if align else "auto"})
     report = {"stats": {"frames": n_frames, "instances": n_instances,
                         "median_animal_px": median, "largest_animal_px": largest,
                         "frame_side_px": frame_side}, "chosen": chosen}
@@ -447,7 +459,8 @@ def train_multianimal(images: Sequence[np.ndarray], keypoints: np.ndarray,
         p = plan(sizes, kp, config, ma, bodyparts=bodyparts)
     if "centroid_iterations" in p.report["chosen"] or "instance_iterations" in p.report["chosen"]:
         # time three steps of each network here, then plan the counts that fit the budget
-        speed = {"centroid": measure_iteration_seconds(p.centroid, 3 if ma.align else 1),
+        speed = {"centroid": measure_iteration_seconds(p.centroid,
+                                                         3 if p.multianimal.align else 1),
                  "instance": measure_iteration_seconds(p.instance, n_channels)}
         p = plan(sizes, kp, config, ma, seconds_per_iteration=speed, bodyparts=bodyparts)
         p.report["seconds_per_iteration"] = speed
@@ -571,7 +584,7 @@ class MultiAnimalModel:
                                     mode="area" if iscale < 1 else "bilinear")
             cx = (peaks[frame_of, slot, 0] + 0.5) * iscale - 0.5
             cy = (peaks[frame_of, slot, 1] + 0.5) * iscale - 0.5
-            if s.align:
+            if s.align is True:  # files written before the setting existed are not egocentric
                 angle = torch.as_tensor(match_axis_angles(found.cpu().numpy()),
                                         dtype=x.dtype, device=x.device)[frame_of, slot]
                 crops = rotated_crops(src, frame_of, cx, cy, angle, crop)
