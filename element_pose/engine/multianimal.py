@@ -585,31 +585,41 @@ class MultiAnimalModel:
             cx = (peaks[frame_of, slot, 0] + 0.5) * iscale - 0.5
             cy = (peaks[frame_of, slot, 1] + 0.5) * iscale - 0.5
             if s.align is True:  # files written before the setting existed are not egocentric
-                angle = torch.as_tensor(match_axis_angles(found.cpu().numpy()),
-                                        dtype=x.dtype, device=x.device)[frame_of, slot]
-                crops = rotated_crops(src, frame_of, cx, cy, angle, crop)
+                coarse = torch.as_tensor(match_axis_angles(found.cpu().numpy()),
+                                         dtype=x.dtype, device=x.device)[frame_of, slot]
+                out = self._instance(src, frame_of, cx, cy, coarse, crop)
             else:
-                x1, y1 = cx - (crop - 1) / 2.0, cy - (crop - 1) / 2.0
-                boxes = torch.stack([frame_of.float(), x1, y1, x1 + crop, y1 + crop], dim=1)
-                crops = torchvision.ops.roi_align(src, boxes, crop, 1.0, 1, aligned=True)
-                angle = torch.zeros_like(cx)
-            net = self.instance.network
-            hm, of = net(net.normalize(crops))
-            out = decode(hm.float(), of.float(), net.output_stride)  # (n, K + C, 3)
-            # crop pixels -> source pixels: the inverse of affine_matrix(centre, crop, angle)
-            a = torch.deg2rad(angle)[:, None]
-            cos, sin = torch.cos(a), torch.sin(a)
-            du, dv = out[..., 0] - (crop - 1) / 2.0, out[..., 1] - (crop - 1) / 2.0
-            sx = cos * du - sin * dv + cx[:, None]
-            sy = sin * du + cos * dv + cy[:, None]
-            out[..., 0] = (sx + 0.5) / iscale - 0.5
-            out[..., 1] = (sy + 0.5) / iscale - 0.5
+                out = self._instance(src, frame_of, cx, cy, None, crop)
+            out[..., 0] = (out[..., 0] + 0.5) / iscale - 0.5
+            out[..., 1] = (out[..., 1] + 0.5) / iscale - 0.5
             poses[frame_of, slot] = out
         identity = None
         if n_ch > k:
             identity = poses[..., k:, 2]
             identity = identity / identity.sum(dim=-1, keepdim=True).clamp(min=1e-6)
         return poses[..., :k, :], peaks[..., 2], identity
+
+    def _instance(self, src: torch.Tensor, frame_of: torch.Tensor, cx: torch.Tensor,
+                  cy: torch.Tensor, angle: torch.Tensor | None, crop: int) -> torch.Tensor:
+        """The instance network on crops centred on (cx, cy), turned by ``angle`` degrees
+        (None: axis-aligned); returns (n, K + C, 3) in ``src`` pixels."""
+        if angle is None:
+            x1, y1 = cx - (crop - 1) / 2.0, cy - (crop - 1) / 2.0
+            boxes = torch.stack([frame_of.to(src.dtype), x1, y1, x1 + crop, y1 + crop], dim=1)
+            crops = torchvision.ops.roi_align(src, boxes, crop, 1.0, 1, aligned=True)
+            angle = torch.zeros_like(cx)
+        else:
+            crops = rotated_crops(src, frame_of, cx, cy, angle, crop)
+        net = self.instance.network
+        hm, of = net(net.normalize(crops))
+        out = decode(hm.float(), of.float(), net.output_stride)  # (n, K + C, 3)
+        # crop pixels -> source pixels: the inverse of affine_matrix(centre, crop, angle)
+        a = torch.deg2rad(angle)[:, None]
+        cos, sin = torch.cos(a), torch.sin(a)
+        du, dv = out[..., 0] - (crop - 1) / 2.0, out[..., 1] - (crop - 1) / 2.0
+        out[..., 0] = cos * du - sin * dv + cx[:, None]
+        out[..., 1] = sin * du + cos * dv + cy[:, None]
+        return out
 
     def _finish(self, poses: np.ndarray, scores: np.ndarray, identity: np.ndarray | None
                 ) -> MultiAnimalPoses:
