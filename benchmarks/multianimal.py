@@ -92,6 +92,8 @@ def main() -> None:
     ap.add_argument("--align", action="store_true",
                     help="egocentric crops (multianimal.align): turned to the body axis")
     ap.add_argument("--tag", default="", help="suffix of the result file name")
+    ap.add_argument("--params", default="{}",
+                    help="engine settings (JSON) both networks start from, e.g. a backbone")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -108,7 +110,8 @@ def main() -> None:
            else {"instance_iterations": int(args.instance_iterations)})})
     t0 = time.perf_counter()
     result = train_multianimal(images, kp, labels.bodyparts, labels.individuals,
-                               EngineConfig(), ma, args.work, progress=False)
+                               EngineConfig.from_dict(json.loads(args.params)), ma, args.work,
+                               progress=False)
     train_minutes = (time.perf_counter() - t0) / 60
     del images
 
@@ -144,7 +147,7 @@ def main() -> None:
         "test_frames": int(len(truth)), "train_minutes": round(train_minutes, 1),
         "iterations": {"centroid": model.settings.centroid_iterations,
                        "instance": result.best_iteration},
-        "settings": model.settings.to_dict(),
+        "settings": model.settings.to_dict(), "params": json.loads(args.params),
         "mean_error_px": ev["mean_error_px"], "median_error_px": ev["median_error_px"],
         "rmse_px": ev["rmse_px"], "pck": ev["pck"],
         "mean_error_pcutoff_px": ev["mean_error_pcutoff_px"],
