@@ -456,11 +456,11 @@ def insert_hashed_params(table, id_attr: str, full: dict, params_id: int | None,
 
 def _normalized_or_none(normalize: Callable[[dict], dict], stored: Any) -> dict | None:
     """``normalize(stored)``, or None for a row the installed version no longer accepts."""
-    if isinstance(stored, str):  # JSON columns come back as text on some backends
-        stored = json.loads(stored)
     try:
+        if isinstance(stored, str):  # JSON columns come back as text on some backends
+            stored = json.loads(stored)
         return normalize(dict(stored))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError):  # json.JSONDecodeError is a ValueError
         return None
 
 

@@ -251,6 +251,7 @@ def test_params_stored_before_a_setting_was_added_still_deduplicate(pipeline):
     finally:
         (train.TrainingParamSet & {"paramset_id": old_id}).delete_quick()
 
+
 def test_failed_training_inserts_nothing(pipeline, trained):
     """A training that fails (here: multi-animal settings for a one-animal dataset) leaves no
     ModelTraining row."""

@@ -222,6 +222,25 @@ def axis_angles(keypoints: np.ndarray, front: int, back: int) -> np.ndarray:
     return np.where(np.isfinite(angle), angle, 0.0)
 
 
+def egocentric_centres(keypoints: np.ndarray, angles: np.ndarray) -> np.ndarray:
+    """Centre of the box around each animal's parts *in its turned crop*, in frame pixels.
+
+    Training crops are centred on the labeled box of the turned animal, so the centroid
+    network must learn that point (not the box centre in the frame, which differs for an
+    animal at an angle). ``keypoints`` (N, M, K, 2), ``angles`` (N, M) degrees; (N, M, 2).
+    """
+    a = np.radians(angles)[..., None]
+    cos, sin = np.cos(a), np.sin(a)
+    x, y = keypoints[..., 0], keypoints[..., 1]
+    u, v = cos * x + sin * y, -sin * x + cos * y  # the rotation part of affine_matrix
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an unlabeled instance is normal
+        cu = (np.nanmin(u, axis=-1) + np.nanmax(u, axis=-1)) / 2.0
+        cv = (np.nanmin(v, axis=-1) + np.nanmax(v, axis=-1)) / 2.0
+    a = a[..., 0]
+    return np.stack([np.cos(a) * cu - np.sin(a) * cv, np.sin(a) * cu + np.cos(a) * cv], axis=-1)
+
+
 def _round_up(value: float, multiple: int = 32) -> int:
     return int(math.ceil(value / multiple) * multiple)
 
@@ -379,17 +398,19 @@ def plan(image_sizes: Sequence[tuple[int, int]], keypoints: np.ndarray, config: 
 
 def instance_crops(images: Sequence[np.ndarray], keypoints: np.ndarray, individuals: list[str],
                    crop_size: int, scale: float, identity: bool,
-                   angles: np.ndarray | None = None
+                   angles: np.ndarray | None = None, centres: np.ndarray | None = None
                    ) -> tuple[list[np.ndarray], np.ndarray, list[tuple[int, int]]]:
-    """Training crops (1.5 x ``crop_size``) cut around each labeled animal, turned by
-    ``angles`` (N, M) degrees for egocentric crops.
+    """Training crops (1.5 x ``crop_size``) cut around each labeled animal (at ``centres``,
+    (N, M, 2), default the box centres), turned by ``angles`` (N, M) degrees for egocentric
+    crops.
 
     Returns the crops, their keypoints (n, K [+ C identity channels], 2) and the
     (frame, individual) index of each. Identity channel ``c`` is labeled at the crop centre
     when the animal is individual ``c``, NaN otherwise.
     """
     side = int(math.ceil(crop_size * 1.5))
-    centres, extent = instance_boxes(keypoints)
+    boxes, extent = instance_boxes(keypoints)
+    centres = boxes if centres is None else centres
     crops, kps, index = [], [], []
     n_ids = len(individuals) if identity else 0
     for i, image in enumerate(images):
@@ -468,19 +489,22 @@ def train_multianimal(images: Sequence[np.ndarray], keypoints: np.ndarray,
         p.report["chosen"]["cpu_bf16"] = precision
     workdir = Path(workdir)
     centres, _ = instance_boxes(kp)
-    targets, target_names, angles = centres[:, :, None, :], ["animal"], None
+    angles = None
+    if p.multianimal.align:
+        front, back = (bodyparts.index(a) for a in p.multianimal.align_parts)
+        angles = axis_angles(kp, front, back)
+        centres = egocentric_centres(kp, angles)
+    targets, target_names = centres[:, :, None, :], ["animal"]
     if p.multianimal.align:
         # the centroid network also finds both ends of the body axis of every animal
-        front, back = (bodyparts.index(a) for a in p.multianimal.align_parts)
         targets = np.concatenate([targets, kp[:, :, [front, back]]], axis=2)
         target_names += [f"axis:{bodyparts[front]}", f"axis:{bodyparts[back]}"]
-        angles = axis_angles(kp, front, back)
     logger.info("Training the centroid network (%s)", p.report["chosen"])
     cres = train(imgs, targets, target_names, p.centroid, workdir / "centroid",
                  progress=progress)
     crops, ikp, _ = instance_crops(imgs, kp, individuals, p.multianimal.instance_crop_size,
                                    p.multianimal.instance_input_scale, p.multianimal.identity,
-                                   angles)
+                                   angles, centres)
     channels = bodyparts + ([IDENTITY_PREFIX + n for n in individuals]
                             if p.multianimal.identity else [])
     logger.info("Training the instance network on %d animals", len(crops))
@@ -585,7 +609,9 @@ class MultiAnimalModel:
             cx = (peaks[frame_of, slot, 0] + 0.5) * iscale - 0.5
             cy = (peaks[frame_of, slot, 1] + 0.5) * iscale - 0.5
             if s.align is True:  # files written before the setting existed are not egocentric
-                coarse = torch.as_tensor(match_axis_angles(found.cpu().numpy()),
+                # an end over one animal length away (5 x min_distance) is not this one's
+                angles = match_axis_angles(found.cpu().numpy(), 5.0 * float(s.min_distance))
+                coarse = torch.as_tensor(angles,
                                          dtype=x.dtype, device=x.device)[frame_of, slot]
                 out = self._instance(src, frame_of, cx, cy, coarse, crop)
             else:
@@ -603,16 +629,18 @@ class MultiAnimalModel:
                   cy: torch.Tensor, angle: torch.Tensor | None, crop: int) -> torch.Tensor:
         """The instance network on crops centred on (cx, cy), turned by ``angle`` degrees
         (None: axis-aligned); returns (n, K + C, 3) in ``src`` pixels."""
+        net = self.instance.network
         if angle is None:
             x1, y1 = cx - (crop - 1) / 2.0, cy - (crop - 1) / 2.0
             boxes = torch.stack([frame_of.to(src.dtype), x1, y1, x1 + crop, y1 + crop], dim=1)
             crops = torchvision.ops.roi_align(src, boxes, crop, 1.0, 1, aligned=True)
-            angle = torch.zeros_like(cx)
-        else:
-            crops = rotated_crops(src, frame_of, cx, cy, angle, crop)
-        net = self.instance.network
-        hm, of = net(net.normalize(crops))
-        out = decode(hm.float(), of.float(), net.output_stride)  # (n, K + C, 3)
+            hm, of = net(net.normalize(crops))
+            out = decode(hm.float(), of.float(), net.output_stride)  # (n, K + C, 3)
+            out[..., 0] += x1[:, None]
+            out[..., 1] += y1[:, None]
+            return out
+        hm, of = net(net.normalize(rotated_crops(src, frame_of, cx, cy, angle, crop)))
+        out = decode(hm.float(), of.float(), net.output_stride)
         # crop pixels -> source pixels: the inverse of affine_matrix(centre, crop, angle)
         a = torch.deg2rad(angle)[:, None]
         cos, sin = torch.cos(a), torch.sin(a)
@@ -697,13 +725,14 @@ class MultiAnimalModel:
                                      "fps": frames / seconds if seconds > 0 else float("nan")}
 
 
-def match_axis_angles(found: np.ndarray) -> np.ndarray:
+def match_axis_angles(found: np.ndarray, max_distance: float = math.inf) -> np.ndarray:
     """Crop angle (degrees) of each detected animal from the centroid network's axis peaks.
 
     ``found`` is (B, 3, P, 3): peaks of the animal, front and back maps. Each animal gets the
     front and the back peak of an optimal assignment by distance (so two touching animals do
-    not share one); a missing end is replaced by the animal's centre. Returns (B, P); 0 where
-    neither end was found.
+    not share one), unless that peak is over ``max_distance`` away (another animal's end,
+    when its own was missed); a missing end is replaced by the animal's centre. Returns
+    (B, P); 0 where neither end was found.
     """
     b, _, n, _ = found.shape
     angles = np.zeros((b, n))
@@ -718,7 +747,8 @@ def match_axis_angles(found: np.ndarray) -> np.ndarray:
                 cost = np.linalg.norm(animals[alive, None] - found[i, c, cand, None, :2]
                                       .transpose(1, 0, 2), axis=-1)
                 rows, cols = linear_sum_assignment(cost)
-                end[alive[rows]] = found[i, c, cand[cols], :2]
+                near = cost[rows, cols] <= max_distance
+                end[alive[rows[near]]] = found[i, c, cand[cols[near]], :2]
             ends.append(end)
         v = ends[0] - ends[1]
         angle = np.degrees(np.arctan2(v[:, 1], v[:, 0])) + 90.0
@@ -736,15 +766,18 @@ def rotated_crops(src: torch.Tensor, frame_of: torch.Tensor, cx: torch.Tensor,
     rotation (``grid_sample``) only touches small images.
     """
     big = int(math.ceil(crop * math.sqrt(2))) + 2
-    x1, y1 = cx - (big - 1) / 2.0, cy - (big - 1) / 2.0
-    boxes = torch.stack([frame_of.to(src.dtype), x1, y1, x1 + big, y1 + big], dim=1).to(src.dtype)
+    cx, cy = cx.to(src.dtype), cy.to(src.dtype)
+    # whole-pixel corners: roi_align then copies pixels, and grid_sample alone interpolates
+    # (as warpAffine does once in training)
+    x1, y1 = torch.floor(cx - (big - 1) / 2.0), torch.floor(cy - (big - 1) / 2.0)
+    boxes = torch.stack([frame_of.to(src.dtype), x1, y1, x1 + big, y1 + big], dim=1)
     around = torchvision.ops.roi_align(src, boxes, big, 1.0, 1, aligned=True)
     a = torch.deg2rad(angle.to(src.dtype))[:, None, None]
     cos, sin = torch.cos(a), torch.sin(a)
     d = torch.arange(crop, dtype=src.dtype, device=src.device) - (crop - 1) / 2.0
     du, dv = d[None, None, :], d[None, :, None]  # (1, 1, crop) across, (1, crop, 1) down
-    qx = cos * du - sin * dv + (big - 1) / 2.0
-    qy = sin * du + cos * dv + (big - 1) / 2.0
+    qx = cos * du - sin * dv + (cx - x1)[:, None, None]
+    qy = sin * du + cos * dv + (cy - y1)[:, None, None]
     grid = torch.stack([(2 * qx + 1) / big - 1, (2 * qy + 1) / big - 1], dim=-1)
     return F.grid_sample(around, grid, mode="bilinear", padding_mode="zeros",
                          align_corners=False)
