@@ -309,6 +309,22 @@ def _engine_hash() -> str:
 PAIR_TRAIN = {"centroid_iterations": 300, "instance_iterations": 700, "identity": True}
 
 
+def _cached_pair_model(request, sample, name: str, settings: dict, workdir: Path) -> Path:
+    """A model of ``settings`` trained on the pair sample, cached in pytest's cache folder
+    keyed by the engine's source (the three database runs of CI train it once)."""
+    cache = Path(request.config.cache.mkdir(f"{name}-{_engine_hash()}"))
+    path = cache / "model.pt"
+    if not path.is_file():
+        frames = list(iter_frames(sample.video_path))
+        images = [frames[i] for i in sample.labeled_frames]
+        result = train_multianimal(
+            images, sample.keypoints[sample.labeled_frames], BODYPARTS, sample.individuals,
+            EngineConfig.from_dict(SMALL), MultiAnimalConfig.from_dict(settings), workdir,
+            progress=False)
+        result.checkpoint_path.replace(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def pair(request, tmp_path_factory):
     """The generated two-animal sample and a model trained on 40 of its 160 frames.
@@ -317,16 +333,8 @@ def pair(request, tmp_path_factory):
     three database runs of CI train it once.
     """
     sample = make_pair_sample(tmp_path_factory.mktemp("pair"), n_frames=160, n_labeled=40)
-    cache = Path(request.config.cache.mkdir(f"pair-model-{_engine_hash()}"))
-    path = cache / "model.pt"
-    if not path.is_file():
-        frames = list(iter_frames(sample.video_path))
-        images = [frames[i] for i in sample.labeled_frames]
-        result = train_multianimal(
-            images, sample.keypoints[sample.labeled_frames], BODYPARTS, sample.individuals,
-            EngineConfig.from_dict(SMALL), MultiAnimalConfig.from_dict(PAIR_TRAIN),
-            tmp_path_factory.mktemp("pair_work"), progress=False)
-        result.checkpoint_path.replace(path)
+    path = _cached_pair_model(request, sample, "pair-model", PAIR_TRAIN,
+                              tmp_path_factory.mktemp("pair_work"))
     return sample, path
 
 
@@ -358,20 +366,11 @@ def test_egocentric_pair_model_finds_both_animals(pair, request, tmp_path):
     network sees every animal turned upright; it must still find both animals, as precisely,
     in frames and in the video."""
     sample, _ = pair
-    cache = Path(request.config.cache.mkdir(f"pair-aligned-{_engine_hash()}"))
-    path = cache / "model.pt"
-    if not path.is_file():
-        frames = list(iter_frames(sample.video_path))
-        images = [frames[i] for i in sample.labeled_frames]
-        result = train_multianimal(
-            images, sample.keypoints[sample.labeled_frames], BODYPARTS, sample.individuals,
-            EngineConfig.from_dict(SMALL),
-            MultiAnimalConfig.from_dict({**PAIR_TRAIN, "align": True}), tmp_path,
-            progress=False)
-        assert "align_parts" in result.auto_report["chosen"]
-        result.checkpoint_path.replace(path)
+    path = _cached_pair_model(request, sample, "pair-aligned", {**PAIR_TRAIN, "align": True},
+                              tmp_path)
     model = load_multianimal_model(path, device="cpu")
-    assert model.settings.align and len(model.settings.align_parts) == 2
+    assert model.settings.align is True and len(model.settings.align_parts) == 2
+    assert set(model.settings.align_parts) <= set(BODYPARTS)  # resolved from the labels
     assert model.centroid.bodyparts[0] == "animal" and len(model.centroid.bodyparts) == 3
     frames = list(iter_frames(sample.video_path))
     found = model.predict_frames(frames, batch_size=16)
