@@ -194,9 +194,8 @@ def choose_axis(keypoints: np.ndarray, bodyparts: Sequence[str], median_extent: 
                 continue
             if np.nanmean(np.linalg.norm(kp[:, a] - kp[:, b], axis=-1)) < 0.25 * median_extent:
                 continue
-            rad = np.radians(axis_angles(kp, a, b))[:, None]
-            dx, dy = kp[..., 0] - kp[:, b, None, 0], kp[..., 1] - kp[:, b, None, 1]
-            x, y = np.cos(rad) * dx + np.sin(rad) * dy, -np.sin(rad) * dx + np.cos(rad) * dy
+            x, y = _turn(kp[..., 0] - kp[:, b, None, 0], kp[..., 1] - kp[:, b, None, 1],
+                         axis_angles(kp, a, b)[:, None])
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # a part never labeled
                 spread = float(np.nanmean(np.sqrt(np.nanvar(x, axis=0) + np.nanvar(y, axis=0))))
@@ -229,16 +228,20 @@ def egocentric_centres(keypoints: np.ndarray, angles: np.ndarray) -> np.ndarray:
     network must learn that point (not the box centre in the frame, which differs for an
     animal at an angle). ``keypoints`` (N, M, K, 2), ``angles`` (N, M) degrees; (N, M, 2).
     """
-    a = np.radians(angles)[..., None]
-    cos, sin = np.cos(a), np.sin(a)
-    x, y = keypoints[..., 0], keypoints[..., 1]
-    u, v = cos * x + sin * y, -sin * x + cos * y  # the rotation part of affine_matrix
+    u, v = _turn(keypoints[..., 0], keypoints[..., 1], np.asarray(angles)[..., None])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an unlabeled instance is normal
         cu = (np.nanmin(u, axis=-1) + np.nanmax(u, axis=-1)) / 2.0
         cv = (np.nanmin(v, axis=-1) + np.nanmax(v, axis=-1)) / 2.0
-    a = a[..., 0]
-    return np.stack([np.cos(a) * cu - np.sin(a) * cv, np.sin(a) * cu + np.cos(a) * cv], axis=-1)
+    return np.stack(_turn(cu, cv, -np.asarray(angles)), axis=-1)
+
+
+def _turn(x: np.ndarray, y: np.ndarray, angle_deg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Points turned as :func:`~element_pose.engine.augment.affine_matrix`'s rotation turns
+    them (``-angle_deg`` turns them back)."""
+    a = np.radians(angle_deg)
+    cos, sin = np.cos(a), np.sin(a)
+    return cos * x + sin * y, -sin * x + cos * y
 
 
 def _round_up(value: float, multiple: int = 32) -> int:
