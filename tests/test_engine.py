@@ -16,8 +16,10 @@ from element_pose.engine.augment import (
     apply_affine,
     augment_sample,
     flip_permutation,
+    lateral_pairs,
     scale_image,
 )
+from element_pose.engine.autoconfig import resolve_flip
 from element_pose.engine.checkpoint import file_sha256
 from element_pose.engine.config import AugmentationConfig, ConfigError, EngineConfig
 from element_pose.engine.data import TrainingSet, validate_training_data
@@ -184,6 +186,43 @@ def test_flip_swaps_named_pairs_and_matches_pixels():
     assert kp[1, 0] > kp[0, 0]
     with pytest.raises(ValueError, match="'z'"):
         flip_permutation(["a", "b"], [("a", "z")])
+
+
+@pytest.mark.parametrize("names, pairs", [
+    (["snout", "leftear", "rightear", "tailbase"], [("leftear", "rightear")]),
+    (["Ear_L", "Ear_R", "Haunch_left", "Haunch_right", "TTI", "Tail_0"],
+     [("Ear_L", "Ear_R"), ("Haunch_left", "Haunch_right")]),
+    (["head", "wingL", "wingR", "forelegL4", "forelegR4", "eyeL", "eyeR"],
+     [("wingL", "wingR"), ("forelegL4", "forelegR4"), ("eyeL", "eyeR")]),
+    (["ear_l", "ear_r", "Left Paw", "Right Paw", "LEFT_EYE", "RIGHT_EYE", "Lear"],
+     [("ear_l", "ear_r"), ("Left Paw", "Right Paw"), ("LEFT_EYE", "RIGHT_EYE")]),
+    (["nose", "tailbase", "Lower_lip"], []),
+])
+def test_lateral_pairs_follow_common_naming_conventions(names, pairs):
+    found, unpaired = lateral_pairs(names)
+    assert found == pairs and unpaired == []
+
+
+def test_flip_pairs_auto_flips_only_when_every_lateral_part_has_a_twin():
+    c, chosen = resolve_flip(EngineConfig(flip_pairs="auto"), ["snout", "leftear", "rightear"])
+    assert c.flip_pairs == (("leftear", "rightear"),) and c.augmentation.flip == 0.5
+    assert chosen["value"] == [["leftear", "rightear"]] and "mirror" in chosen["reason"]
+    c, _ = resolve_flip(EngineConfig.from_dict({"flip_pairs": "auto",
+                                                "augmentation": {"flip": 0.3}}),
+                        ["Ear_L", "Ear_R"])
+    assert c.augmentation.flip == 0.3  # a probability the user set is kept
+    # mirror-mouse names its paws 1LH..4RH: "paw1LH" has no "paw1RH", so no safe flip
+    names = ["nose_bot", "paw1LH_bot", "paw4RH_bot"]
+    assert lateral_pairs(names) == ([], ["paw1LH_bot", "paw4RH_bot"])
+    c, chosen = resolve_flip(EngineConfig(flip_pairs="auto"), names)
+    assert c.flip_pairs == () and c.augmentation.flip == 0.0
+    assert "paw1LH_bot" in chosen["reason"]
+    with pytest.raises(ConfigError, match="paw1LH_bot.*flip_pairs"):
+        resolve_flip(EngineConfig(flip_pairs="auto"), names, required=True)
+    c, _ = resolve_flip(EngineConfig(flip_pairs="auto"), ["nose", "tail"])
+    assert c.flip_pairs == () and c.augmentation.flip == 0.0
+    with pytest.raises(ConfigError, match="flip_pairs"):
+        EngineConfig.from_dict({"flip_pairs": "yes"})
 
 
 def test_affine_matrix_matches_opencv_rotation():

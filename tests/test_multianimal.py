@@ -182,6 +182,30 @@ def test_egocentric_settings_are_validated_and_chosen_from_the_labels():
     assert auto.multianimal.align is False and auto.instance.augmentation.rotation == 180.0
 
 
+def test_instance_network_learns_mirror_images_when_the_sides_are_named():
+    rng = np.random.default_rng(3)
+    kp = rng.uniform(100, 300, size=(20, 2, 5, 2))
+    fly = ["head", "thorax", "wingL", "wingR", "abdomen"]
+    chosen = plan([(400, 400)] * 20, kp, EngineConfig(), MultiAnimalConfig(), bodyparts=fly)
+    assert chosen.instance.flip_pairs == (("wingL", "wingR"),)
+    assert chosen.instance.augmentation.flip == 0.5
+    assert chosen.multianimal.flip is True and "mirror" in chosen.report["chosen"]["flip"]["reason"]
+    assert chosen.centroid.flip_pairs == () and chosen.centroid.augmentation.flip == 0.0
+    off = plan([(400, 400)] * 20, kp, EngineConfig(), MultiAnimalConfig(flip=False), bodyparts=fly)
+    assert off.instance.flip_pairs == () and off.instance.augmentation.flip == 0.0
+    assert off.multianimal.flip is False
+    own = EngineConfig.from_dict({"flip_pairs": [["wingL", "wingR"]],
+                                  "augmentation": {"flip": 0.2}})
+    kept = plan([(400, 400)] * 20, kp, own, MultiAnimalConfig(), bodyparts=fly)
+    assert kept.instance.augmentation.flip == 0.2 and kept.multianimal.flip is True
+    odd = ["head", "thorax", "wingL", "wing_right", "abdomen"]  # a side without its twin
+    none = plan([(400, 400)] * 20, kp, EngineConfig(), MultiAnimalConfig(), bodyparts=odd)
+    assert none.instance.augmentation.flip == 0.0 and none.multianimal.flip is False
+    assert "wingL" in none.report["chosen"]["flip"]["reason"]
+    with pytest.raises(ConfigError, match="wingL"):
+        plan([(400, 400)] * 20, kp, EngineConfig(), MultiAnimalConfig(flip=True), bodyparts=odd)
+
+
 def test_egocentric_crops_turn_the_axis_up_and_match_the_training_crops():
     """The inference crop (roi_align + grid_sample) holds the pixels of the training crop
     (cv2.warpAffine with affine_matrix), and both turn the back -> front axis upwards."""

@@ -9,6 +9,8 @@ content. Keypoints that leave the crop become NaN (not visible).
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -53,6 +55,49 @@ def flip_permutation(bodyparts: list[str] | tuple[str, ...],
                                  f"({', '.join(bodyparts)}).")
         perm[index[a]], perm[index[b]] = index[b], index[a]
     return perm
+
+
+# A left/right token: the words left/right anywhere ("leftear", "Shoulder_left"), or a lone
+# L/R letter: upper case after a lower-case letter, digit or separator and before a digit,
+# upper-case letter, separator or the end ("eyeL", "forelegL4", "Ear_L", "paw1LH"), lower case
+# only between separators ("ear_l").
+_LATERAL = re.compile(r"(?i:left|right)|(?<![A-Z])[LR](?=[0-9A-Z_\-. ]|$)"
+                      r"|(?<![^_\-. ])[lr](?=[_\-. ]|$)")
+_TWIN = {"left": "right", "right": "left", "l": "r", "r": "l"}
+
+
+def _twin_name(name: str) -> str | None:
+    """``name`` with every left/right token swapped (case kept); None without such a token."""
+    def swap(m: re.Match) -> str:
+        word = m.group(0)
+        twin = _TWIN[word.lower()]
+        if word.isupper():
+            return twin.upper()
+        return twin.capitalize() if word[0].isupper() else twin
+
+    twin, n = _LATERAL.subn(swap, name)
+    return twin if n else None
+
+
+def lateral_pairs(bodyparts: Sequence[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """Left/right twins among the body-part names, for flip augmentation.
+
+    Returns the pairs (each once, in body-part order) and the names that look lateral but
+    have no twin (``paw1LH`` without ``paw1RH``). A flip is only safe when that list is empty:
+    a lateral part left unswapped would teach the network to confuse its sides.
+    """
+    names = set(bodyparts)
+    pairs, unpaired, seen = [], [], set()
+    for name in bodyparts:
+        twin = _twin_name(name)
+        if twin is None or name in seen:
+            continue
+        if twin in names and twin != name:
+            pairs.append((name, twin))
+            seen.update((name, twin))
+        else:
+            unpaired.append(name)
+    return pairs, unpaired
 
 
 def affine_matrix(center: tuple[float, float], crop_size: int, angle_deg: float = 0.0,

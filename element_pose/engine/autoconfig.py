@@ -35,6 +35,9 @@ The rules, in network-input pixels (after ``input_scale``):
   ``ITERATION_BUDGET`` units stands in. When the budget allows too few iterations to converge
   from scratch, each is made cheaper first (:func:`cheaper_for_budget`: stride 4 instead of
   2, then a smaller input scale for crops that follow the animal);
+* **flip** (``flip_pairs="auto"``; the default of the multi-animal instance network): the
+  left/right twins named in the body parts are swapped in mirrored crops, half of them; no
+  flip when a name looks lateral but has no twin;
 * **patience**: the whole schedule (validation chooses the snapshot kept, it does not stop
   training; a plateau on ten held-back frames is no sign of convergence).
 """
@@ -47,6 +50,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from element_pose.engine.augment import lateral_pairs
 from element_pose.engine.config import ConfigError, EngineConfig
 
 #: Wanted median distance (network-input px) between a body part and its nearest neighbour.
@@ -205,6 +209,37 @@ def dataset_stats(image_sizes: Sequence[tuple[int, int]], keypoints: np.ndarray)
 def auto_sigma(output_stride: int) -> float:
     """``sigma="auto"``: a coarse heatmap still has a positive blob wider than one cell."""
     return max(4.0, 0.75 * output_stride)
+
+
+def resolve_flip(config: EngineConfig, bodyparts: Sequence[str], required: bool = False
+                 ) -> tuple[EngineConfig, dict]:
+    """Resolve ``flip_pairs="auto"`` from the body-part names (:func:`lateral_pairs`).
+
+    With twins for every left/right part the pairs are set and ``augmentation.flip`` becomes
+    0.5 unless it was set; otherwise no flip. ``required`` (a flip the user asked for) turns
+    the no-flip cases into a :class:`ConfigError` naming the names to fix.
+
+    Returns the config (``flip_pairs`` concrete) and ``{"value": pairs, "reason": ...}``.
+    """
+    if config.flip_pairs != "auto":
+        return config, {"value": [list(p) for p in config.flip_pairs], "reason": "set"}
+    pairs, unpaired = lateral_pairs(bodyparts)
+    if unpaired or not pairs:
+        reason = (f"no flip: {', '.join(unpaired)} look left/right but have no twin among the "
+                  "body parts" if unpaired else "no flip: no left/right body parts")
+        if required:
+            raise ConfigError(f"A flip was asked for, but {reason[9:]}. Name the pairs in "
+                              "'flip_pairs', e.g. [['paw1LH', 'paw4RH']], or turn the flip off.")
+        aug = {"flip": 0.0}
+        pairs = []
+    else:
+        flip = config.augmentation.flip or 0.5
+        aug = {"flip": flip}
+        reason = (f"mirrored crops ({flip:.0%}) swap the left/right twins named in the body "
+                  "parts, so each labeled pose also teaches its mirror image")
+    resolved = config.replace(flip_pairs=[list(p) for p in pairs],
+                              augmentation={**config.to_dict()["augmentation"], **aug})
+    return resolved, {"value": [list(p) for p in pairs], "reason": reason}
 
 
 def _round_up(value: float, multiple: int = 32) -> int:

@@ -223,8 +223,13 @@ class EngineConfig:
     pretrained : str
         ``"none"`` (random init), ``"imagenet"`` (torchvision weights API) or a path to a
         ``.pt``/``.pth`` torchvision state_dict of the backbone.
-    flip_pairs : tuple of (str, str)
+    flip_pairs : tuple of (str, str) or "auto"
         Body parts swapped by a horizontal flip, e.g. ``(("leftear", "rightear"),)``.
+        ``"auto"``: the left/right twins found in the body-part names (``leftear`` /
+        ``rightear``, ``Ear_L`` / ``Ear_R``, ``wingL`` / ``wingR``), with ``augmentation.flip``
+        0.5 unless set; no flip when a name looks left/right but has no twin
+        (:func:`element_pose.engine.autoconfig.resolve_flip`). A mirrored animal with its
+        sides swapped is an animal too, so every labeled pose also teaches its mirror image.
     pcutoff : float
         Confidence cut-off used by evaluation and downstream filtering.
     separate_parts : bool
@@ -266,7 +271,7 @@ class EngineConfig:
     channels_last: bool = True
     num_threads: int | None = None
     pretrained: str = "none"
-    flip_pairs: tuple[tuple[str, str], ...] = ()
+    flip_pairs: tuple[tuple[str, str], ...] | Literal["auto"] = ()
     pcutoff: float = 0.6
     separate_parts: bool = True
     checkpoint_every: int = 250
@@ -506,7 +511,7 @@ def _check_ranges(c: EngineConfig) -> None:
         _fail("device", f"must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'; got {dev!r}.")
     if not c.pretrained:
         _fail("pretrained", "must be 'none', 'imagenet' or a path to a .pt/.pth file.")
-    for a, b in c.flip_pairs:
+    for a, b in () if c.flip_pairs == "auto" else c.flip_pairs:
         if a == b:
             _fail("flip_pairs", f"pairs two different body parts; got ({a!r}, {b!r}).")
     aug = c.augmentation

@@ -50,6 +50,7 @@ from element_pose.engine.autoconfig import (
     STRIDE_COST,
     TRAINING_MINUTES,
     TRAINING_OVERHEAD,
+    resolve_flip,
 )
 from element_pose.engine.checkpoint import FORMAT_VERSION, MODEL_KIND, atomic_save, load_model_file
 from element_pose.engine.config import ConfigError, EngineConfig, _build, _to_plain
@@ -119,6 +120,14 @@ class MultiAnimalConfig:
         The body axis, the part turned up first (``"auto"``: among parts labeled on >= 90 %
         of the animals and a quarter of the median animal length apart, the pair under which
         the turned animals scatter least, :func:`choose_axis`).
+    flip : bool or "auto"
+        Mirror half of the instance network's training crops, swapping the left/right twins
+        named in the body parts (``wingL`` / ``wingR``): each labeled pose also teaches its
+        mirror image, so a pose shown on one side only is learned on both (sleap-fly-clip:
+        the female's hind and mid legs of the test frames lie far from every training pose
+        twice as often without it). ``"auto"``: when every left/right name has its twin
+        (:func:`~element_pose.engine.autoconfig.resolve_flip`); ``True`` makes a missing twin
+        an error. ``flip_pairs`` set in the training config are used as they are.
     """
 
     max_animals: int | Literal["auto"] = "auto"
@@ -132,6 +141,7 @@ class MultiAnimalConfig:
     min_distance: float | Literal["auto"] = "auto"
     align: bool | Literal["auto"] = False
     align_parts: tuple[str, ...] | Literal["auto"] = "auto"
+    flip: bool | Literal["auto"] = "auto"
 
     @classmethod
     def from_dict(cls, d: dict | None = None) -> MultiAnimalConfig:
@@ -387,12 +397,22 @@ def plan(image_sizes: Sequence[tuple[int, int]], keypoints: np.ndarray, config: 
                       "one centred animal per crop: stride 4, whatever the part spacing")
     instance = config.replace(input_scale=1.0, crop_size=int(crop), augmentation=aug,
                               output_stride=stride, **length)
+    flip = ma.flip
+    if config.flip_pairs not in ((), "auto"):
+        flip = instance.augmentation.flip > 0  # the user's own pairs
+    elif flip is False or bodyparts is None:
+        instance = instance.replace(flip_pairs=[], augmentation={**aug, "flip": 0.0})
+        flip = False
+    else:
+        instance, why = resolve_flip(instance.replace(flip_pairs="auto"), bodyparts,
+                                     required=flip is True)
+        flip = pick("flip", bool(instance.flip_pairs), why["reason"])
     resolved = MultiAnimalConfig.from_dict({
         **ma.to_dict(), "max_animals": int(max_animals), "centroid_input_scale": float(cscale),
         "instance_input_scale": float(iscale), "instance_crop_size": int(crop),
         "min_distance": float(min_distance), "centroid_iterations": int(cits),
         "instance_iterations": its, "align": bool(align),
-        "align_parts": list(axis) if align else "auto"})
+        "align_parts": list(axis) if align else "auto", "flip": bool(flip)})
     report = {"stats": {"frames": n_frames, "instances": n_instances,
                         "median_animal_px": median, "largest_animal_px": largest,
                         "frame_side_px": frame_side}, "chosen": chosen}

@@ -25,6 +25,7 @@ from element_pose.engine.autoconfig import (
     dataset_stats,
     iterations_cut_by_time,
     resolve_config,
+    resolve_flip,
 )
 from element_pose.engine.checkpoint import (
     atomic_save,
@@ -451,6 +452,10 @@ def train(images: Sequence[np.ndarray], keypoints: np.ndarray, bodyparts: Sequen
     bodyparts = list(bodyparts)
     kp4 = np.asarray(keypoints, dtype=np.float64)
     instances = kp4.shape[1] if kp4.ndim == 4 else 1
+    flip_choice = None
+    if config.flip_pairs == "auto":
+        # several instances per channel cannot flip: no names to pair then
+        config, flip_choice = resolve_flip(config, bodyparts if kp4.ndim != 4 else [])
     if kp4.ndim == 4:
         if config.validation_fraction > 0:
             raise ConfigError("Several instances per channel: validation scores one peak per "
@@ -480,6 +485,8 @@ def train(images: Sequence[np.ndarray], keypoints: np.ndarray, bodyparts: Sequen
     resume = torch.load(found[-1][1], map_location="cpu", weights_only=True)["config"] \
         if found else None
     config, report, val = prepare_config(imgs, kp, config, init_config, resume_config=resume)
+    if flip_choice is not None:
+        report["chosen"]["flip_pairs"] = flip_choice
     if init_config is not None:
         keys = ("backbone", "backbone_stride", "output_stride", "head_channels")
         differ = {k: (getattr(config, k), getattr(init_config, k)) for k in keys
