@@ -43,7 +43,12 @@ import torchvision
 from scipy.optimize import linear_sum_assignment
 from tqdm.auto import tqdm
 
-from element_pose.engine.augment import affine_matrix, apply_affine
+from element_pose.engine.augment import (
+    affine_matrix,
+    apply_affine,
+    flip_permutation,
+    lateral_pairs,
+)
 from element_pose.engine.autoconfig import (
     ITERATION_BUDGET,
     REFERENCE_CROP,
@@ -587,6 +592,12 @@ class MultiAnimalModel:
         self.config_dict = dict(payload["config"])
         self.device = self.instance.device
         self._dev = self.instance._dev
+        #: Channel permutation of a mirrored crop (None: the parts name no left/right twins);
+        #: with ``flip_test`` the instance network also sees every crop mirrored and the two
+        #: outputs are averaged.
+        self.flip_perm = _flip_perm(self.instance.config, self.instance.bodyparts,
+                                    self.bodyparts)
+        self.flip_test = False
 
     @property
     def max_animals(self) -> int:
@@ -657,12 +668,12 @@ class MultiAnimalModel:
             x1, y1 = cx - (crop - 1) / 2.0, cy - (crop - 1) / 2.0
             boxes = torch.stack([frame_of.to(src.dtype), x1, y1, x1 + crop, y1 + crop], dim=1)
             crops = torchvision.ops.roi_align(src, boxes, crop, 1.0, 1, aligned=True)
-            hm, of = net(net.normalize(crops))
+            hm, of = self._run_instance(crops)
             out = decode(hm.float(), of.float(), net.output_stride)  # (n, K + C, 3)
             out[..., 0] += x1[:, None]
             out[..., 1] += y1[:, None]
             return out
-        hm, of = net(net.normalize(rotated_crops(src, frame_of, cx, cy, angle, crop)))
+        hm, of = self._run_instance(rotated_crops(src, frame_of, cx, cy, angle, crop))
         out = decode(hm.float(), of.float(), net.output_stride)
         # crop pixels -> source pixels: the inverse of affine_matrix(centre, crop, angle)
         a = torch.deg2rad(angle)[:, None]
@@ -671,6 +682,22 @@ class MultiAnimalModel:
         out[..., 0] = cos * du - sin * dv + cx[:, None]
         out[..., 1] = sin * du + cos * dv + cy[:, None]
         return out
+
+    def _run_instance(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Heatmap logits and offsets of the instance network (averaged with the mirrored
+        crops' under ``flip_test``)."""
+        net = self.instance.network
+        x = net.normalize(crops)
+        hm, of = net(x)
+        if not self.flip_test or self.flip_perm is None:
+            return hm, of
+        hm2, of2 = net(x.flip(-1))  # (n, K, h, w), (n, K, 2, h, w)
+        perm = torch.as_tensor(self.flip_perm, device=hm.device)
+        # a mirrored heatmap cell j is cell w-1-j exactly (cell centres at j*s + (s-1)/2)
+        hm2 = hm2.flip(-1)[:, perm]
+        of2 = of2.flip(-1)[:, perm]
+        of2 = torch.stack([-of2[:, :, 0], of2[:, :, 1]], dim=2)
+        return (hm.float() + hm2.float()) / 2, (of.float() + of2.float()) / 2
 
     def _finish(self, poses: np.ndarray, scores: np.ndarray, identity: np.ndarray | None
                 ) -> MultiAnimalPoses:
@@ -746,6 +773,18 @@ class MultiAnimalModel:
         seconds = time.perf_counter() - t0
         return self._concat(parts), {"frames": frames, "seconds": seconds,
                                      "fps": frames / seconds if seconds > 0 else float("nan")}
+
+
+def _flip_perm(config: EngineConfig, channels: Sequence[str], bodyparts: Sequence[str]
+               ) -> np.ndarray | None:
+    """Channel permutation of a mirrored instance crop: the trained flip pairs, else the
+    left/right twins of the body-part names (None when a lateral name has no twin)."""
+    pairs = config.flip_pairs
+    if not pairs:
+        pairs, unpaired = lateral_pairs(bodyparts)
+        if unpaired or not pairs:
+            return None
+    return flip_permutation(list(channels), pairs)
 
 
 def match_axis_angles(found: np.ndarray, max_distance: float = math.inf) -> np.ndarray:
