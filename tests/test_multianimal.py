@@ -393,10 +393,12 @@ def test_flip_test_averages_each_crop_with_its_mirror_image(pair):
     model = load_multianimal_model(path, device="cpu")
     # leftear <-> rightear; the identity channels stay
     assert model.flip_perm.tolist() == [0, 2, 1, 3, 4, 5]
+    assert model.flip_test is True  # resolved at training: the ears are twins
     frames = list(iter_frames(sample.video_path))[:60]
+    both = model.predict_frames(frames, batch_size=16)
+    model.flip_test = False
     plain = model.predict_frames(frames, batch_size=16)
     model.flip_test = True
-    both = model.predict_frames(frames, batch_size=16)
     truth = sample.keypoints[:60]
     ev_plain = evaluate_multianimal(plain.poses, plain.scores, truth)
     ev_both = evaluate_multianimal(both.poses, both.scores, truth)

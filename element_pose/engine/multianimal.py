@@ -66,7 +66,8 @@ from element_pose.engine.predict import (
     iter_video_batches,
     model_from_payload,
 )
-from element_pose.engine.targets import decode, find_peaks
+from element_pose.engine.sides import SideRules, decode_with_sides, learn_sides
+from element_pose.engine.targets import find_peaks
 from element_pose.engine.train import (
     TrainResult,
     choose_cpu_bf16,
@@ -133,6 +134,14 @@ class MultiAnimalConfig:
         twice as often without it). ``"auto"``: when every left/right name has its twin
         (:func:`~element_pose.engine.autoconfig.resolve_flip`); ``True`` makes a missing twin
         an error. ``flip_pairs`` set in the training config are used as they are.
+    flip_test : bool or "auto"
+        At inference the instance network also sees every crop mirrored, its left/right
+        channels swapped back, and the two outputs are averaged (twice the instance
+        network's work). ``"auto"``: when every left/right name has its twin.
+    sides : bool or "auto"
+        Keep left/right parts on the side of the body axis where the labels always put them
+        (:mod:`~element_pose.engine.sides`). ``"auto"``: where the labels show such a rule;
+        ``True`` makes its absence an error.
     """
 
     max_animals: int | Literal["auto"] = "auto"
@@ -147,6 +156,8 @@ class MultiAnimalConfig:
     align: bool | Literal["auto"] = False
     align_parts: tuple[str, ...] | Literal["auto"] = "auto"
     flip: bool | Literal["auto"] = "auto"
+    flip_test: bool | Literal["auto"] = "auto"
+    sides: bool | Literal["auto"] = "auto"
 
     @classmethod
     def from_dict(cls, d: dict | None = None) -> MultiAnimalConfig:
@@ -295,6 +306,7 @@ class MultiAnimalPlan:
     centroid: EngineConfig
     instance: EngineConfig
     report: dict = field(default_factory=dict)
+    sides: SideRules | None = None
 
 
 def plan(image_sizes: Sequence[tuple[int, int]], keypoints: np.ndarray, config: EngineConfig,
@@ -412,16 +424,30 @@ def plan(image_sizes: Sequence[tuple[int, int]], keypoints: np.ndarray, config: 
         instance, why = resolve_flip(instance.replace(flip_pairs="auto"), bodyparts,
                                      required=flip is True)
         flip = pick("flip", bool(instance.flip_pairs), why["reason"])
+    flip_test = ma.flip_test
+    if flip_test == "auto":
+        pairs, unpaired = lateral_pairs(bodyparts or [])
+        flip_test = pick("flip_test", bool(pairs) and not unpaired,
+                         "each crop also seen mirrored, its left/right parts swapped back"
+                         if pairs and not unpaired else "no left/right twins to swap")
+    sides = None
+    if ma.sides is not False:
+        sides, why = learn_sides(keypoints, bodyparts or [])
+        if sides is None and ma.sides is True:
+            raise ConfigError("multianimal.sides is true, but "
+                              f"{why.removeprefix('no rule: ')}; set it to 'auto' or false.")
+        pick("sides", sides is not None, why)
     resolved = MultiAnimalConfig.from_dict({
         **ma.to_dict(), "max_animals": int(max_animals), "centroid_input_scale": float(cscale),
         "instance_input_scale": float(iscale), "instance_crop_size": int(crop),
         "min_distance": float(min_distance), "centroid_iterations": int(cits),
         "instance_iterations": its, "align": bool(align),
-        "align_parts": list(axis) if align else "auto", "flip": bool(flip)})
+        "align_parts": list(axis) if align else "auto", "flip": bool(flip),
+        "flip_test": bool(flip_test), "sides": sides is not None})
     report = {"stats": {"frames": n_frames, "instances": n_instances,
                         "median_animal_px": median, "largest_animal_px": largest,
                         "frame_side_px": frame_side}, "chosen": chosen}
-    return MultiAnimalPlan(resolved, centroid, instance, report)
+    return MultiAnimalPlan(resolved, centroid, instance, report, sides)
 
 
 def instance_crops(images: Sequence[np.ndarray], keypoints: np.ndarray, individuals: list[str],
@@ -548,6 +574,7 @@ def train_multianimal(images: Sequence[np.ndarray], keypoints: np.ndarray,
     atomic_save({"kind": MODEL_KIND, "format_version": FORMAT_VERSION, "multianimal": True,
                  "bodyparts": bodyparts, "individuals": individuals,
                  "settings": p.multianimal.to_dict(), "centroid": cpay, "instance": ipay,
+                 "sides": p.sides.to_dict() if p.sides else None,
                  "config": config_out,
                  "extra": {"versions": library_versions(), "auto_report": report}}, path)
     return TrainResult(
@@ -597,7 +624,10 @@ class MultiAnimalModel:
         #: outputs are averaged.
         self.flip_perm = _flip_perm(self.instance.config, self.instance.bodyparts,
                                     self.bodyparts)
-        self.flip_test = False
+        # files written before these settings existed ran neither
+        self.flip_test = payload["settings"].get("flip_test", False) is True
+        #: Left/right parts kept on their side of the body axis (learned from the labels).
+        self.sides = SideRules.from_dict(payload.get("sides"))
 
     @property
     def max_animals(self) -> int:
@@ -669,12 +699,12 @@ class MultiAnimalModel:
             boxes = torch.stack([frame_of.to(src.dtype), x1, y1, x1 + crop, y1 + crop], dim=1)
             crops = torchvision.ops.roi_align(src, boxes, crop, 1.0, 1, aligned=True)
             hm, of = self._run_instance(crops)
-            out = decode(hm.float(), of.float(), net.output_stride)  # (n, K + C, 3)
+            out = decode_with_sides(hm.float(), of.float(), net.output_stride, self.sides)  # (n, K + C, 3)
             out[..., 0] += x1[:, None]
             out[..., 1] += y1[:, None]
             return out
         hm, of = self._run_instance(rotated_crops(src, frame_of, cx, cy, angle, crop))
-        out = decode(hm.float(), of.float(), net.output_stride)
+        out = decode_with_sides(hm.float(), of.float(), net.output_stride, self.sides)
         # crop pixels -> source pixels: the inverse of affine_matrix(centre, crop, angle)
         a = torch.deg2rad(angle)[:, None]
         cos, sin = torch.cos(a), torch.sin(a)
