@@ -26,6 +26,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from element_pose.engine.config import EngineConfig
 from element_pose.engine.metrics import evaluate_multianimal, identity_switches
@@ -94,13 +95,16 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the result file name")
     ap.add_argument("--params", default="{}",
                     help="engine settings (JSON) both networks start from, e.g. a backbone")
+    ap.add_argument("--model", type=Path,
+                    help="score this model file instead of training one")
+    ap.add_argument("--ablate", action="store_true",
+                    help="also score the model without test-time flip and without side rules")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
     labels = read_sleap(args.data / "clip.slp")
     video = args.data / "clip.mp4"
     train_idx = [int(i) for i in np.linspace(0, 999, args.train_frames).round()]
-    images = read_frames(video, train_idx)
     kp = labels.keypoints[train_idx]
     ma = MultiAnimalConfig.from_dict({
         "identity": True, "align": args.align,
@@ -108,19 +112,50 @@ def main() -> None:
            else {"centroid_iterations": int(args.centroid_iterations)}),
         **({} if args.instance_iterations == "auto"
            else {"instance_iterations": int(args.instance_iterations)})})
-    t0 = time.perf_counter()
-    result = train_multianimal(images, kp, labels.bodyparts, labels.individuals,
-                               EngineConfig.from_dict(json.loads(args.params)), ma, args.work,
-                               progress=False)
-    train_minutes = (time.perf_counter() - t0) / 60
-    del images
+    train_minutes = None
+    if args.model is None:
+        images = read_frames(video, train_idx)
+        t0 = time.perf_counter()
+        result = train_multianimal(images, kp, labels.bodyparts, labels.individuals,
+                                   EngineConfig.from_dict(json.loads(args.params)), ma,
+                                   args.work, progress=False)
+        train_minutes = round((time.perf_counter() - t0) / 60, 1)
+        del images
+        path, best = result.checkpoint_path, result.best_iteration
+    else:
+        path = args.model
+        best = torch.load(path, map_location="cpu", weights_only=True)["instance"].get(
+            "iteration")
+    model = load_multianimal_model(path, device="cpu")
+    row = score(model, labels, video, args.test_stop)
+    if args.ablate:
+        variants = {}
+        flip_test, sides = model.flip_test, model.sides
+        for name, ft, sd in (("no flip_test", False, sides), ("no sides", flip_test, None),
+                             ("neither", False, None)):
+            model.flip_test, model.sides = ft, sd
+            variants[name] = {k: v for k, v in score(model, labels, video, args.test_stop).items()
+                              if k not in ("fps_single_animal_same_frames",)}
+        model.flip_test, model.sides = flip_test, sides
+        row["ablations"] = variants
+    row = {"dataset": "sleap-fly-clip", "train_frames": len(train_idx),
+           "train_minutes": train_minutes,
+           "iterations": {"centroid": model.settings.centroid_iterations, "instance": best},
+           "settings": model.settings.to_dict(), "params": json.loads(args.params),
+           "flip_test": model.flip_test,
+           "sides": None if model.sides is None else model.sides.to_dict(), **row}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"multianimal_fly{args.tag}.json").write_text(json.dumps(row, indent=1))
+    print(json.dumps(row, indent=1))
 
-    model = load_multianimal_model(result.checkpoint_path, device="cpu")
-    parts, fps = analyse(model, video, 1000, args.test_stop)
+
+def score(model, labels, video: Path, test_stop: int) -> dict:
+    """Analyse frames 1000..test_stop as a video and score them against the labels."""
+    parts, fps = analyse(model, video, 1000, test_stop)
     poses = np.concatenate([p.poses for p in parts])
     scores = np.concatenate([p.scores for p in parts])
     identity = np.concatenate([p.identity for p in parts])
-    truth = labels.keypoints[1000:args.test_stop]
+    truth = labels.keypoints[1000:test_stop]
     ev = evaluate_multianimal(poses, scores, truth, pcutoff=model.config.pcutoff)
     ids = track(poses)
     switches = identity_switches(ids, ev["matches"])
@@ -141,13 +176,9 @@ def main() -> None:
     single_cfg = model.centroid.config
     single = PoseModel(build_network(single_cfg, len(labels.bodyparts)), single_cfg,
                        labels.bodyparts, device="cpu")
-    _, single_fps = analyse(single, video, 1000, min(args.test_stop, 1200))
-    row = {
-        "dataset": "sleap-fly-clip", "train_frames": len(train_idx),
-        "test_frames": int(len(truth)), "train_minutes": round(train_minutes, 1),
-        "iterations": {"centroid": model.settings.centroid_iterations,
-                       "instance": result.best_iteration},
-        "settings": model.settings.to_dict(), "params": json.loads(args.params),
+    _, single_fps = analyse(single, video, 1000, min(test_stop, 1200))
+    return {
+        "test_frames": int(len(truth)),
         "mean_error_px": ev["mean_error_px"], "median_error_px": ev["median_error_px"],
         "rmse_px": ev["rmse_px"], "pck": ev["pck"],
         "mean_error_pcutoff_px": ev["mean_error_pcutoff_px"],
@@ -163,9 +194,6 @@ def main() -> None:
         "fps_multianimal": fps, "fps_single_animal_same_frames": single_fps,
         "device": "cpu", "init": "random",
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"multianimal_fly{args.tag}.json").write_text(json.dumps(row, indent=1))
-    print(json.dumps(row, indent=1))
 
 
 if __name__ == "__main__":
