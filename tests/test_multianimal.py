@@ -204,6 +204,14 @@ def test_instance_network_learns_mirror_images_when_the_sides_are_named():
     assert "wingL" in none.report["chosen"]["flip"]["reason"]
     with pytest.raises(ConfigError, match="wingL"):
         plan([(400, 400)] * 20, kp, EngineConfig(), MultiAnimalConfig(flip=True), bodyparts=odd)
+    # an identity output is not trained on mirror images unless asked for
+    named = plan([(400, 400)] * 20, kp, EngineConfig(), MultiAnimalConfig(identity=True),
+                 bodyparts=fly)
+    assert named.instance.augmentation.flip == 0.0 and named.multianimal.flip is False
+    assert "identity" in named.report["chosen"]["flip"]["reason"]
+    asked = plan([(400, 400)] * 20, kp, EngineConfig(),
+                 MultiAnimalConfig(identity=True, flip=True), bodyparts=fly)
+    assert asked.instance.augmentation.flip == 0.5
 
 
 def test_egocentric_crops_turn_the_axis_up_and_match_the_training_crops():
@@ -406,6 +414,8 @@ def test_flip_test_averages_each_crop_with_its_mirror_image(pair):
     assert ev_both["mean_error_px"] <= ev_plain["mean_error_px"] + 0.3
     moved = np.linalg.norm(both.poses[..., :2] - plain.poses[..., :2], axis=-1)
     assert np.nanmedian(moved) < 1.0
+    # the identity channels keep the unmirrored crop's answer
+    np.testing.assert_allclose(both.identity, plain.identity, atol=1e-5)
     model.flip_perm = np.arange(6)  # the swap left out: the ears go wrong
     unswapped = model.predict_frames(frames, batch_size=16)
     ev_wrong = evaluate_multianimal(unswapped.poses, unswapped.scores, truth)

@@ -132,12 +132,15 @@ class MultiAnimalConfig:
         mirror image, so a pose shown on one side only is learned on both (sleap-fly-clip:
         the female's hind and mid legs of the test frames lie far from every training pose
         twice as often without it). ``"auto"``: when every left/right name has its twin
-        (:func:`~element_pose.engine.autoconfig.resolve_flip`); ``True`` makes a missing twin
-        an error. ``flip_pairs`` set in the training config are used as they are.
+        (:func:`~element_pose.engine.autoconfig.resolve_flip`) and there is no ``identity``
+        output (trained on mirrored flies, a fly model named them right on 83 % of the test
+        frames instead of 100 %, BENCHMARKS.md); ``True`` makes a missing twin an error.
+        ``flip_pairs`` set in the training config are used as they are.
     flip_test : bool or "auto"
         At inference the instance network also sees every crop mirrored, its left/right
         channels swapped back, and the two outputs are averaged (twice the instance
-        network's work). ``"auto"``: when every left/right name has its twin.
+        network's work; the identity channels keep the unmirrored answer). ``"auto"``: when
+        every left/right name has its twin.
     sides : bool or "auto"
         Keep left/right parts on the side of the body axis where the labels always put them
         (:mod:`~element_pose.engine.sides`). ``"auto"``: where the labels show such a rule;
@@ -417,8 +420,12 @@ def plan(image_sizes: Sequence[tuple[int, int]], keypoints: np.ndarray, config: 
     flip = ma.flip
     if config.flip_pairs not in ((), "auto"):
         flip = instance.augmentation.flip > 0  # the user's own pairs
-    elif flip is False or bodyparts is None:
+    elif flip is False or bodyparts is None or (flip == "auto" and ma.identity):
         instance = instance.replace(flip_pairs=[], augmentation={**aug, "flip": 0.0})
+        if flip == "auto" and ma.identity:
+            pick("flip", False, "no mirrored crops with an identity output: trained on mirror "
+                 "images, the names of a fly model were right on 83 % of the test frames "
+                 "instead of 100 %")
         flip = False
     else:
         instance, why = resolve_flip(instance.replace(flip_pairs="auto"), bodyparts,
@@ -721,13 +728,19 @@ class MultiAnimalModel:
         hm, of = net(x)
         if not self.flip_test or self.flip_perm is None:
             return hm, of
-        hm2, of2 = net(x.flip(-1))  # (n, K, h, w), (n, K, 2, h, w)
-        perm = torch.as_tensor(self.flip_perm, device=hm.device)
+        hm2, of2 = net(x.flip(-1))  # (n, K + C, h, w), (n, K + C, 2, h, w)
+        k = len(self.bodyparts)
+        perm = torch.as_tensor(self.flip_perm[:k], device=hm.device)
         # a mirrored heatmap cell j is cell w-1-j exactly (cell centres at j*s + (s-1)/2)
         hm2 = hm2.flip(-1)[:, perm]
         of2 = of2.flip(-1)[:, perm]
         of2 = torch.stack([-of2[:, :, 0], of2[:, :, 1]], dim=2)
-        return (hm.float() + hm2.float()) / 2, (of.float() + of2.float()) / 2
+        # the identity channels keep the unmirrored crop's answer: mirrored, a fly model's
+        # names were right on 96 % of the test frames instead of 98 % (BENCHMARKS.md)
+        hm, of = hm.float().clone(), of.float().clone()
+        hm[:, :k] = (hm[:, :k] + hm2.float()) / 2
+        of[:, :k] = (of[:, :k] + of2.float()) / 2
+        return hm, of
 
     def _finish(self, poses: np.ndarray, scores: np.ndarray, identity: np.ndarray | None
                 ) -> MultiAnimalPoses:
