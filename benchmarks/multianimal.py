@@ -36,6 +36,7 @@ from element_pose.engine.multianimal import (
     train_multianimal,
 )
 from element_pose.engine.network import build_network
+from element_pose.engine.sides import learn_sides
 from element_pose.engine.predict import PoseModel
 from element_pose.engine.tracking import assign_identities, track
 from element_pose.io.sleap import read_sleap
@@ -127,6 +128,14 @@ def main() -> None:
         best = torch.load(path, map_location="cpu", weights_only=True)["instance"].get(
             "iteration")
     model = load_multianimal_model(path, device="cpu")
+    settings = torch.load(path, map_location="cpu", weights_only=True)["settings"]
+    if "flip_test" not in settings:
+        # a file written before test-time flip and side rules: add them as training now
+        # would (the rules from the same training frames); the networks are unchanged
+        model.flip_test = model.flip_perm is not None
+        model.sides, why = learn_sides(kp, labels.bodyparts)
+        logging.info("Model file without flip_test / sides: flip_test %s; %s",
+                     model.flip_test, why)
     row = score(model, labels, video, args.test_stop)
     if args.ablate:
         variants = {}
