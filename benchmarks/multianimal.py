@@ -36,8 +36,8 @@ from element_pose.engine.multianimal import (
     train_multianimal,
 )
 from element_pose.engine.network import build_network
-from element_pose.engine.sides import learn_sides
 from element_pose.engine.predict import PoseModel
+from element_pose.engine.sides import learn_sides
 from element_pose.engine.tracking import assign_identities, track
 from element_pose.io.sleap import read_sleap
 
