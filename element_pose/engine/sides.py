@@ -2,8 +2,8 @@
 
 Seen from above, an animal's left legs are on its left: in every one of sleap-fly-clip's
 3000 labeled flies the left mid-leg tip lies left of the thorax -> head axis. A heatmap
-network from random initialisation still mixes up the twins of a pair when a pose is new (a
-third of the wrong leg tips of a fly model sat on the twin's spot). Where the training labels
+network from random initialisation still puts a part on the wrong side when a pose is new (on
+its twin's spot, or on another leg of the other side). Where the training labels
 show such a rule, inference keeps each part's heatmap peak on the side the labels put it:
 the axis is decoded first, then every ruled part takes its best peak on its own side.
 
