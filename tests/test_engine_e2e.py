@@ -16,6 +16,7 @@ from element_pose.engine.config import EngineConfig
 from element_pose.engine.metrics import capped_mean_error, evaluate, validation_cap
 from element_pose.engine.network import PoseNet, cpu_supports_bf16
 from element_pose.engine.predict import load_model
+from element_pose.engine.relations import broken_relations
 from element_pose.engine.train import (
     BF16_MIN_SPEEDUP,
     KEEP_TOLERANCE,
@@ -30,15 +31,17 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 OPENFIELD = SHARED / "openfield-Pranav-2018-10-30"
 
 
-def make_frames(n: int, seed: int, h: int = 96, w: int = 128) -> tuple[list[np.ndarray], np.ndarray]:
-    """Frames of a textured arena with one 'animal': a body with four coloured markers."""
+def make_frames(n: int, seed: int, h: int = 96, w: int = 128, turn: bool = True
+                ) -> tuple[list[np.ndarray], np.ndarray]:
+    """Frames of a textured arena with one 'animal': a body with four coloured markers
+    (facing any way, or with ``turn=False`` always right, a fixed geometry)."""
     rng = np.random.default_rng(seed)
     frames, kps = [], []
     base = cv2.GaussianBlur(rng.integers(40, 90, (h, w, 3)).astype(np.uint8), (0, 0), 2)
     for _ in range(n):
         img = base.copy()
         cx, cy = rng.uniform(28, w - 28), rng.uniform(28, h - 28)
-        a = rng.uniform(0, 2 * np.pi)
+        a = rng.uniform(0, 2 * np.pi) if turn else 0.0
         u = np.array([np.cos(a), np.sin(a)])
         v = np.array([-u[1], u[0]])
         c = np.array([cx, cy])
@@ -416,6 +419,33 @@ def test_openfield_short_training_and_video(tmp_path):
     assert poses.shape == (24, 4, 3) and stats["frames"] == 24
     assert np.all((poses[..., 0] > -16) & (poses[..., 0] < 656))
     assert np.all((poses[..., 2] >= 0) & (poses[..., 2] <= 1))
+
+
+def test_model_file_carries_part_relations(tmp_path):
+    frames, kps = make_frames(24, seed=9, turn=False)
+    r = train(frames, kps, BODYPARTS, tiny_config(iterations=2, head_channels=8,
+                                                   validation_fraction=0.0), tmp_path,
+              progress=False)
+    model = load_model(r.checkpoint_path, device="cpu")
+    rel = model.relations.cpu().numpy()
+    # an animal that never turns: every coordinate difference is fixed (6 pairs x 2 axes)
+    assert rel.shape == (12, 5)
+    assert r.auto_report["part_relations"] == 12
+    d = kps[:, 1, 0] - kps[:, 0, 0]  # tail minus nose, x: -32 px in every frame
+    row = rel[(rel[:, 0] == 0) & (rel[:, 1] == 1) & (rel[:, 2] == 0)][0]
+    assert row[3] < d.min() <= d.max() < row[4]
+    on = model.predict_frames(frames)
+    model.config = model.config.replace(part_relations=False)
+    off = model.predict_frames(frames)
+    broken = broken_relations(torch.from_numpy(off), model.relations).any(dim=1).numpy()
+    changed = ~np.isclose(on, off).all(axis=(1, 2))
+    assert not (changed & ~broken).any()  # only a frame that breaks a relation may change
+    # a freely turning animal has none
+    frames, kps = make_frames(24, seed=9)
+    r = train(frames, kps, BODYPARTS, tiny_config(iterations=2, head_channels=8,
+                                                   validation_fraction=0.0), tmp_path / "turn",
+              progress=False)
+    assert load_model(r.checkpoint_path, device="cpu").relations is None
 
 
 def test_model_file_carries_part_separation(tmp_path):

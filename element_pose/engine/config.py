@@ -237,6 +237,12 @@ class EngineConfig:
         paw on the right one) are taken apart: the part that loses less confidence moves to
         its next-best heatmap peak (:mod:`element_pose.engine.separation`). The distances are
         measured from the training labels and stored in the model file.
+    part_relations : bool
+        Coordinate differences the training labels show fixed (a paw and its mirror image at
+        one x) are kept when decoding: a part placed where it breaks one by far moves to its
+        strongest heatmap peak that keeps them all (:mod:`element_pose.engine.relations`).
+        Learned from the training labels and stored in the model file; freely moving animals
+        have few or none.
     checkpoint_every : int
         Iterations between resumable checkpoints.
     keep_checkpoints : int
@@ -274,6 +280,7 @@ class EngineConfig:
     flip_pairs: tuple[tuple[str, str], ...] | Literal["auto"] = ()
     pcutoff: float = 0.6
     separate_parts: bool = True
+    part_relations: bool = True
     checkpoint_every: int = 250
     keep_checkpoints: int = 2
 

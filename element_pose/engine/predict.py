@@ -25,6 +25,7 @@ from element_pose.engine.checkpoint import file_sha256, load_model_file
 from element_pose.engine.config import EngineConfig
 from element_pose.engine.data import validate_images
 from element_pose.engine.network import PoseNet, build_network, cpu_supports_bf16
+from element_pose.engine.relations import RELATION_PEAKS, keep_relations
 from element_pose.engine.separation import (
     ALTERNATIVE_MIN_CONFIDENCE,
     ALTERNATIVE_PEAKS,
@@ -61,10 +62,14 @@ class PoseModel:
     separation : torch.Tensor or None
         (K, K) pixel radii of :mod:`element_pose.engine.separation`, applied when
         ``config.separate_parts``; None for a model file that has none.
+    relations : torch.Tensor or None
+        (R, 5) fixed coordinate differences of :mod:`element_pose.engine.relations`, kept
+        when ``config.part_relations``; None for a model file that has none.
     """
 
     def __init__(self, network: PoseNet, config: EngineConfig, bodyparts: list[str],
-                 device: str = "auto", separation: np.ndarray | None = None):
+                 device: str = "auto", separation: np.ndarray | None = None,
+                 relations: np.ndarray | None = None):
         dev = _resolve_device(device)
         self.config = config
         self.bodyparts = list(bodyparts)
@@ -77,6 +82,9 @@ class PoseModel:
         self.network = net
         self.separation = (torch.as_tensor(np.asarray(separation, dtype=np.float32), device=dev)
                            if separation is not None else None)
+        self.relations = (torch.as_tensor(np.asarray(relations, dtype=np.float32),
+                                          device=dev).reshape(-1, 5)
+                          if relations is not None and len(relations) else None)
         # bfloat16 on a CPU only for a model trained with it (training found it faster) and
         # where oneDNN supports it; "auto" (a config never trained) stays float32
         self._amp = (config.mixed_precision if dev.type == "cuda" else
@@ -111,12 +119,20 @@ class PoseModel:
         rx, ry = nw / w, nh / h
         pose[..., 0] = (pose[..., 0] + 0.5) / rx - 0.5
         pose[..., 1] = (pose[..., 1] + 0.5) / ry - 0.5
-        if self.separation is not None and self.config.separate_parts:
-            peaks = find_peaks(heat.float(), off.float(), stride, ALTERNATIVE_PEAKS,
+        relate = self.relations is not None and self.config.part_relations
+        separate = self.separation is not None and self.config.separate_parts
+        if relate or separate:
+            peaks = find_peaks(heat.float(), off.float(), stride,
+                               RELATION_PEAKS if relate else ALTERNATIVE_PEAKS,
                                ALTERNATIVE_MIN_CONFIDENCE)
             peaks[..., 0] = (peaks[..., 0] + 0.5) / rx - 0.5
             peaks[..., 1] = (peaks[..., 1] + 0.5) / ry - 0.5
-            pose = separate_parts(pose, peaks, self.separation)
+            # a part far off its fixed geometry first; then twins at one spot (strongest
+            # peaks first, so the first few are what separation alone would look at)
+            if relate:
+                pose = keep_relations(pose, peaks, self.relations)
+            if separate:
+                pose = separate_parts(pose, peaks[:, :, :ALTERNATIVE_PEAKS], self.separation)
         return pose
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
@@ -359,5 +375,6 @@ def model_from_payload(payload: dict, device: str = "auto", source: str = "the m
         network.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
         raise ValueError(f"Weights in {source} do not fit its own config: {exc}") from exc
-    separation = payload.get("extra", {}).get("separation_px")
-    return PoseModel(network, config, bodyparts, device=device, separation=separation)
+    extra = payload.get("extra", {})
+    return PoseModel(network, config, bodyparts, device=device,
+                     separation=extra.get("separation_px"), relations=extra.get("relations_px"))

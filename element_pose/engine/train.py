@@ -37,6 +37,7 @@ from element_pose.engine.checkpoint import (
 from element_pose.engine.config import ConfigError, EngineConfig
 from element_pose.engine.data import TrainingSet, validate_training_data
 from element_pose.engine.network import build_network, cpu_supports_bf16, load_matching_weights
+from element_pose.engine.relations import learn_relations
 from element_pose.engine.separation import separation_radii
 from element_pose.engine.targets import make_targets, merge_instances, pose_loss
 
@@ -521,6 +522,10 @@ def _train(imgs: list[np.ndarray], kp: np.ndarray, bodyparts: list[str], config:
     # how close the training labels put each pair of parts (the validation frames' too: they
     # are training frames), in frame pixels; one peak per channel only
     separation = separation_radii(kp) if instances == 1 else None
+    relations = (learn_relations(kp, dataset_stats([(im.shape[1], im.shape[0]) for im in imgs], kp)
+                                 .animal_size_px) if instances == 1 else None)
+    if relations is not None:
+        report["part_relations"] = len(relations)
     cap = validation_cap(kp)
     if len(val):
         report["validation_cap_px"] = round(cap, 2)
@@ -581,7 +586,7 @@ def _train(imgs: list[np.ndarray], kp: np.ndarray, bodyparts: list[str], config:
         """Score the held-back frames; keep the best weights. True when training should stop."""
         model.eval()
         pred = PoseModel(model, config, bodyparts, device=str(device),
-                         separation=separation).predict_frames(val_images)
+                         separation=separation, relations=relations).predict_frames(val_images)
         model.train()
         error = capped_mean_error(pred, val_truth, cap)
         if not math.isfinite(error):
@@ -661,7 +666,8 @@ def _train(imgs: list[np.ndarray], kp: np.ndarray, bodyparts: list[str], config:
                "train_seconds": seconds, "device": str(device),
                "versions": library_versions(), "auto_report": report,
                "instances": instances,
-               "separation_px": None if separation is None else separation.tolist()})
+               "separation_px": None if separation is None else separation.tolist(),
+               "relations_px": None if relations is None else relations.tolist()})
     logger.info("Trained %d iterations in %.1f s on %s -> %s", iteration, seconds, device,
                 model_path)
     return TrainResult(

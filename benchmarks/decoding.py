@@ -1,0 +1,84 @@
+"""What each decoding rule does to one trained model's test error (no retraining).
+
+Runs the model that ``benchmarks/accuracy.py`` registered (``bench_<dataset>``) in its
+benchmark home on the test frames of its split, with the learned part relations
+(``part_relations``) and the twin separation (``separate_parts``) each on and off, and writes
+per body part errors and every test keypoint that a rule moved::
+
+    python benchmarks/decoding.py --home /tmp/bench/h_mm --dataset mirror-mouse
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+VARIANTS = {
+    "both rules (default)": {"part_relations": True, "separate_parts": True},
+    "no part relations": {"part_relations": False, "separate_parts": True},
+    "no separation": {"part_relations": True, "separate_parts": False},
+    "neither": {"part_relations": False, "separate_parts": False},
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--home", required=True, help="the ELEMENT_POSE_HOME accuracy.py used")
+    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--out", default=str(HERE / "results"))
+    args = ap.parse_args()
+    os.environ["ELEMENT_POSE_HOME"] = args.home
+    from workflow.pipeline import model, train
+
+    key = (model.Model & {"model_name": f"bench_{args.dataset}"}).keys()[0]
+    split = (train.DataSplit & {"dataset": args.dataset}).keys()[0]
+    parts = model.Model.bodyparts(key)
+    data_parts = train.LabeledDataset.bodyparts({"dataset": args.dataset})
+    order = [data_parts.index(p) for p in parts]
+    ids = train.DataSplit.frame_ids(split, "test")
+    truth = train.LabeledDataset.keypoints({"dataset": args.dataset}, ids)[:, 0][:, order]
+    images = train.LabeledDataset.images({"dataset": args.dataset}, ids)
+    net = model.Model.load(key)
+    n_rel = 0 if net.relations is None else len(net.relations)
+    print(f"{args.dataset}: {len(ids)} test frames, {n_rel} learned relations")
+    base = net.config
+    preds, rows = {}, {}
+    for name, change in VARIANTS.items():
+        net.config = base.replace(**change)
+        pred = net.predict_frames(images)
+        err = np.linalg.norm(pred[..., :2] - truth, axis=-1)
+        per = np.nanmean(err, axis=0)
+        med = float(np.nanmedian(err))
+        preds[name] = (pred, err)
+        rows[name] = {"mean_px": float(np.nanmean(err)), "median_px": med,
+                      "worst_part": parts[int(np.nanargmax(per))],
+                      "worst_over_median": float(np.nanmax(per) / med),
+                      "over_20px": int((err > 20).sum()),
+                      "per_bodypart_px": {p: float(v) for p, v in zip(parts, per, strict=True)}}
+        print(f"  {name:22s} mean {rows[name]['mean_px']:.2f} median {med:.2f} px, worst "
+              f"{rows[name]['worst_part']} {np.nanmax(per):.1f} px = "
+              f"{rows[name]['worst_over_median']:.1f}x, errors > 20 px: {rows[name]['over_20px']}")
+    on, off = preds["both rules (default)"], preds["no part relations"]
+    moved = np.argwhere(np.abs(on[0][..., :2] - off[0][..., :2]).sum(-1) > 1e-3)
+    changes = [{"frame_id": int(ids[f]), "part": parts[k], "error_without_px": float(off[1][f, k]),
+                "error_with_px": float(on[1][f, k])} for f, k in moved]
+    for c in changes:
+        print(f"  moved by the relations: frame {c['frame_id']} {c['part']}: "
+              f"{c['error_without_px']:.1f} -> {c['error_with_px']:.1f} px")
+    out = Path(args.out) / f"decoding_{args.dataset}.json"
+    out.write_text(json.dumps({"dataset": args.dataset, "relations": n_rel, "variants": rows,
+                               "moved_by_relations": changes}, indent=1))
+    print("wrote", out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Fixed geometry between body parts, learned and kept (element_pose.engine.relations)."""
+
+import numpy as np
+import pytest
+import torch
+
+from element_pose.engine.relations import broken_relations, keep_relations, learn_relations
+
+NAN = float("nan")
+
+
+def mirrored_labels(n: int = 60, seed: int = 0) -> np.ndarray:
+    """A paw seen directly (part 0) and in a mirror (part 1, same x +- 3 px, 150 px lower),
+    and a nose (part 2) that wanders freely."""
+    rng = np.random.default_rng(seed)
+    paw = rng.uniform([50, 20], [350, 120], (n, 2))
+    mirror = np.stack([paw[:, 0] + rng.uniform(-3, 3, n), 300 - paw[:, 1]], axis=1)
+    nose = rng.uniform([0, 0], [400, 400], (n, 2))
+    return np.stack([paw, mirror, nose], axis=1)
+
+
+def test_learns_only_the_differences_the_labels_fix():
+    kp = mirrored_labels()
+    rel = learn_relations(kp, animal_size=300.0)
+    assert [tuple(int(v) for v in r[:3]) for r in rel] == [(0, 1, 0)]  # paw and mirror, x
+    lo, hi = rel[0, 3:]
+    d = kp[:, 1, 0] - kp[:, 0, 0]
+    assert lo < d.min() and hi > d.max()  # every label keeps it, with a margin
+    assert hi - lo < 0.1 * 300.0  # still far tighter than the animal
+    # too few frames labeled together: nothing learned
+    assert len(learn_relations(kp[:10], animal_size=300.0)) == 0
+    # a part missing in most frames (NaN) counts only where labeled
+    kp_missing = kp.copy()
+    kp_missing[5:, 1] = np.nan
+    assert len(learn_relations(kp_missing, animal_size=300.0)) == 0
+    with pytest.raises(ValueError, match=r"\(N, K, 2\)"):
+        learn_relations(kp[..., 0], animal_size=300.0)
+    assert learn_relations(kp, animal_size=0.0).shape == (0, 5)
+
+
+def test_part_off_its_mirror_moves_to_the_peak_that_keeps_the_relation():
+    rel = torch.tensor([[0.0, 1.0, 0.0, -10.0, 10.0]])
+    # part 0 (top paw) on another paw 100 px away; its mirror image (part 1) is right
+    pose = torch.tensor([[[200.0, 50.0, 0.8], [100.0, 250.0, 0.9], [5.0, 5.0, 0.9]],
+                         [[100.0, 50.0, 0.8], [102.0, 250.0, 0.9], [5.0, 5.0, 0.9]]])
+    peaks = torch.full((2, 3, 8, 3), NAN)
+    peaks[:, :, 0] = pose
+    peaks[0, 0, 1] = torch.tensor([300.0, 50.0, 0.6])  # also off
+    peaks[0, 0, 2] = torch.tensor([103.0, 60.0, 0.3])  # the right place, weaker
+    peaks[0, 1, 1] = torch.tensor([190.0, 250.0, 0.1])  # the mirror's own alternative: weak
+    assert broken_relations(pose, rel).tolist() == [[True], [False]]
+    out = keep_relations(pose, peaks, rel)
+    assert out[0, 0].tolist() == pytest.approx([103.0, 60.0, 0.3])
+    assert torch.equal(out[0, 1:], pose[0, 1:])
+    assert torch.equal(out[1], pose[1])  # frame 1 keeps every relation: untouched
+    assert not broken_relations(out, rel).any()
+
+
+def test_nothing_moves_without_a_peak_that_keeps_the_relation_or_a_confident_partner():
+    rel = torch.tensor([[0.0, 1.0, 0.0, -10.0, 10.0]])
+    pose = torch.tensor([[[200.0, 50.0, 0.8], [100.0, 250.0, 0.9]],
+                         [[200.0, 50.0, 0.8], [100.0, 250.0, 0.01]]])  # mirror not found
+    peaks = torch.full((2, 2, 8, 3), NAN)
+    peaks[:, :, 0] = pose
+    peaks[0, 0, 1] = torch.tensor([100.0, 60.0, 0.02])  # keeps it, but below any confidence
+    peaks[1, 0, 1] = torch.tensor([100.0, 60.0, 0.5])
+    out = keep_relations(pose, peaks, rel)
+    assert torch.equal(out, pose)
+    assert torch.equal(keep_relations(pose, peaks, torch.zeros((0, 5))), pose)
+
+
+def test_the_part_breaking_most_relations_moves():
+    # part 2 is tied to parts 0 and 1 (same x); part 2 is off, parts 0 and 1 agree
+    rel = torch.tensor([[0.0, 2.0, 0.0, -5.0, 5.0], [1.0, 2.0, 0.0, -5.0, 5.0]])
+    pose = torch.tensor([[[50.0, 0.0, 0.9], [51.0, 100.0, 0.9], [150.0, 200.0, 0.9]]])
+    peaks = torch.full((1, 3, 8, 3), NAN)
+    peaks[0, :, 0] = pose[0]
+    peaks[0, 0, 1] = torch.tensor([150.0, 0.0, 0.8])  # would fix one relation of part 0 only
+    peaks[0, 2, 1] = torch.tensor([49.0, 200.0, 0.4])
+    out = keep_relations(pose, peaks, rel)
+    assert out[0, 2].tolist() == pytest.approx([49.0, 200.0, 0.4])
+    assert torch.equal(out[0, :2], pose[0, :2])
