@@ -3,7 +3,7 @@
 Runs the model that ``benchmarks/accuracy.py`` registered (``bench_<dataset>``) in its
 benchmark home on the test frames of its split, with the learned part relations
 (``part_relations``) and the twin separation (``separate_parts``) each on and off, and writes
-per body part errors and every test keypoint that a rule moved::
+per body part errors and every test keypoint that the relations moved::
 
     python benchmarks/decoding.py --home /tmp/bench/h_mm --dataset mirror-mouse
 """
@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args()
     os.environ["ELEMENT_POSE_HOME"] = args.home
+    os.environ.setdefault("ELEMENT_POSE_PREFIX", "bench_")  # accuracy.py's schemas
     from workflow.pipeline import model, train
 
     key = (model.Model & {"model_name": f"bench_{args.dataset}"}).keys()[0]

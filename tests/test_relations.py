@@ -56,6 +56,23 @@ def test_part_off_its_mirror_moves_to_the_peak_that_keeps_the_relation():
     assert not broken_relations(out, rel).any()
 
 
+def test_a_confident_part_does_not_move_for_a_weak_accuser():
+    rel = torch.tensor([[0.0, 1.0, 0.0, -10.0, 10.0]])
+    # part 0 found with 0.95 (right), part 1 a 0.06 flicker far off with no other peak
+    pose = torch.tensor([[[100.0, 50.0, 0.95], [300.0, 250.0, 0.06]],
+                         [[100.0, 50.0, 0.9], [300.0, 250.0, 0.1]]])
+    peaks = torch.full((2, 2, 8, 3), NAN)
+    peaks[:, :, 0] = pose
+    peaks[0, 0, 1] = torch.tensor([295.0, 40.0, 0.055])  # would keep it: too weak to count
+    # frame 1: both could move; the weak part moving leaves more summed confidence
+    peaks[1, 0, 1] = torch.tensor([295.0, 40.0, 0.85])
+    peaks[1, 1, 1] = torch.tensor([104.0, 250.0, 0.09])
+    out = keep_relations(pose, peaks, rel)
+    assert torch.equal(out[0], pose[0])
+    assert out[1, 1].tolist() == pytest.approx([104.0, 250.0, 0.09])
+    assert torch.equal(out[1, 0], pose[1, 0])
+
+
 def test_nothing_moves_without_a_peak_that_keeps_the_relation_or_a_confident_partner():
     rel = torch.tensor([[0.0, 1.0, 0.0, -10.0, 10.0]])
     pose = torch.tensor([[[200.0, 50.0, 0.8], [100.0, 250.0, 0.9]],

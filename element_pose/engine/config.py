@@ -239,8 +239,8 @@ class EngineConfig:
         measured from the training labels and stored in the model file.
     part_relations : bool
         Coordinate differences the training labels show fixed (a paw and its mirror image at
-        one x) are kept when decoding: a part placed where it breaks one by far moves to its
-        strongest heatmap peak that keeps them all (:mod:`element_pose.engine.relations`).
+        one x) are kept when decoding: a part placed where it breaks one (beyond the labeled
+        range widened by half its width) moves to its strongest heatmap peak that keeps them all (:mod:`element_pose.engine.relations`).
         Learned from the training labels and stored in the model file; freely moving animals
         have few or none.
     checkpoint_every : int

@@ -569,7 +569,10 @@ def train_multianimal(images: Sequence[np.ndarray], keypoints: np.ndarray,
     channels = bodyparts + ([IDENTITY_PREFIX + n for n in individuals]
                             if p.multianimal.identity else [])
     logger.info("Training the instance network on %d animals", len(crops))
-    ires = train(crops, ikp, channels, p.instance, workdir / "instance", progress=progress)
+    # instance crops are decoded with the side rules, never with part relations: none are
+    # learned, so none steer the choice of the instance network's snapshot either
+    ires = train(crops, ikp, channels, p.instance.replace(part_relations=False),
+                 workdir / "instance", progress=progress)
     cpay = torch.load(cres.checkpoint_path, map_location="cpu", weights_only=True)
     ipay = torch.load(ires.checkpoint_path, map_location="cpu", weights_only=True)
     report = {**p.report, "instance": ires.auto_report,

@@ -4,9 +4,10 @@ Some body parts keep a fixed relation along one image axis whatever the animal d
 seen directly and in a mirror is at the same x in both views (up to a few pixels), the two ears
 of a head-fixed mouse stay at one height. The training labels show such relations as a
 coordinate difference that varies little compared with the size of the animal. When a
-prediction breaks one by far more than any training label did (a paw of the top view placed on
-another paw 100 px away while its mirror image is found), it is the wrong heatmap peak: the
-part moves to its strongest peak that keeps every relation, if it has one.
+prediction breaks one (beyond the labeled range widened by half its width and 2 % of the
+animal: a paw of the top view placed on another paw 100 px away while its mirror image is
+found), it is the wrong heatmap peak: the part moves to its strongest peak that keeps every
+relation, if it has one.
 
 Freely moving animals have few such relations (turning changes every difference), so on them
 this does nothing; it only acts where the labels show the geometry fixed.
@@ -103,42 +104,60 @@ def keep_relations(pose: torch.Tensor, peaks: torch.Tensor, relations: torch.Ten
     Returns
     -------
     torch.Tensor
-        ``pose`` where, in a frame with broken relations, the part in most of them (of two
-        tied, the one whose alternative keeps more of its confidence) moved to its strongest
-        other peak that breaks none of its relations; repeated until nothing breaks or no
-        part can move. A part with no such peak stays where it is.
+        ``pose`` where, in a frame with broken relations, a part moved to its strongest other
+        peak that breaks none of its relations. Of the parts that could move, the one in most
+        broken relations moves first, then the one whose move leaves the most summed confidence
+        (its new peak's and its strongest accuser's). A part never moves for partners weaker
+        than itself unless its new peak makes up the difference (a paw found with 0.9 does not
+        move because a 0.1 flicker of its mirror image disagrees, as in
+        :func:`element_pose.engine.separation.separate_parts`). Repeated until nothing breaks
+        or nothing can move; a part moves at most once.
     """
     if len(relations) == 0:
         return pose
+    frames = broken_relations(pose, relations.to(pose.device, pose.dtype)).any(dim=1)
+    if not bool(frames.any()):
+        return pose
+    # the few frames that need it are mended on the CPU: a Python loop of small steps would
+    # wait for a GPU at every one
     out = pose.clone()
-    relations = relations.to(pose.device, pose.dtype)
-    frames = broken_relations(out, relations).any(dim=1).nonzero().flatten().tolist()
+    index = frames.nonzero().flatten()
+    mended = _mend_frames(out[index].cpu(), peaks[index].cpu(), relations.cpu().to(pose.dtype))
+    out[index] = mended.to(out.device)
+    return out
+
+
+def _mend_frames(pose: torch.Tensor, peaks: torch.Tensor, relations: torch.Tensor
+                 ) -> torch.Tensor:
+    """:func:`keep_relations` on CPU tensors of frames that break relations."""
     k = pose.shape[1]
     rel_a, rel_b = relations[:, 0].long(), relations[:, 1].long()
-    for f in frames:
-        stuck: set[int] = set()
+    for f in range(len(pose)):
+        moved: set[int] = set()
         for _ in range(k):
-            broken = broken_relations(out[f:f + 1], relations)[0]
+            broken = broken_relations(pose[f:f + 1], relations)[0]
             if not bool(broken.any()):
                 break
             count = torch.bincount(rel_a[broken], minlength=k) + \
                 torch.bincount(rel_b[broken], minlength=k)
             moves = []
             for part in count.nonzero().flatten().tolist():
-                if part in stuck:
+                if part in moved:
                     continue
-                alt = _peak_keeping_relations(out[f], peaks[f, part], part, relations)
-                if alt is None:
-                    stuck.add(part)
+                accusers = torch.cat([rel_b[broken & (rel_a == part)],
+                                      rel_a[broken & (rel_b == part)]])
+                support = float(pose[f, accusers, 2].max())
+                alt = _peak_keeping_relations(pose[f], peaks[f, part], part, relations)
+                if alt is None or support + float(alt[2]) <= max(float(pose[f, part, 2]),
+                                                                  support):
                     continue
-                kept = float(alt[2]) / max(float(out[f, part, 2]), 1e-9)
-                moves.append((int(count[part]), kept, part, alt))
+                moves.append((int(count[part]), support + float(alt[2]), part, alt))
             if not moves:
                 break
             _, _, part, alt = max(moves, key=lambda m: (m[0], m[1]))
-            out[f, part] = alt
-            stuck.add(part)  # moved once: never back and forth
-    return out
+            pose[f, part] = alt
+            moved.add(part)  # never back and forth
+    return pose
 
 
 def _peak_keeping_relations(pose: torch.Tensor, candidates: torch.Tensor, part: int,

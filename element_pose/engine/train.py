@@ -522,8 +522,10 @@ def _train(imgs: list[np.ndarray], kp: np.ndarray, bodyparts: list[str], config:
     # how close the training labels put each pair of parts (the validation frames' too: they
     # are training frames), in frame pixels; one peak per channel only
     separation = separation_radii(kp) if instances == 1 else None
-    relations = (learn_relations(kp, dataset_stats([(im.shape[1], im.shape[0]) for im in imgs], kp)
-                                 .animal_size_px) if instances == 1 else None)
+    relations = None
+    if instances == 1 and config.part_relations:
+        size = dataset_stats([(im.shape[1], im.shape[0]) for im in imgs], kp).animal_size_px
+        relations = learn_relations(kp, size)
     if relations is not None:
         report["part_relations"] = len(relations)
     cap = validation_cap(kp)
