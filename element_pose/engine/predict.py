@@ -25,7 +25,7 @@ from element_pose.engine.checkpoint import file_sha256, load_model_file
 from element_pose.engine.config import EngineConfig
 from element_pose.engine.data import validate_images
 from element_pose.engine.network import PoseNet, build_network, cpu_supports_bf16
-from element_pose.engine.relations import RELATION_PEAKS, keep_relations
+from element_pose.engine.relations import RELATION_MIN_PEAK, RELATION_PEAKS, keep_relations
 from element_pose.engine.separation import (
     ALTERNATIVE_MIN_CONFIDENCE,
     ALTERNATIVE_PEAKS,
@@ -124,7 +124,7 @@ class PoseModel:
         if relate or separate:
             peaks = find_peaks(heat.float(), off.float(), stride,
                                RELATION_PEAKS if relate else ALTERNATIVE_PEAKS,
-                               ALTERNATIVE_MIN_CONFIDENCE)
+                               RELATION_MIN_PEAK if relate else ALTERNATIVE_MIN_CONFIDENCE)
             peaks[..., 0] = (peaks[..., 0] + 0.5) / rx - 0.5
             peaks[..., 1] = (peaks[..., 1] + 0.5) / ry - 0.5
             # a part far off its fixed geometry first; then twins at one spot (strongest

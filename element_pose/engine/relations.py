@@ -27,10 +27,13 @@ RELATION_MIN_FRAMES = 20
 #: little, never by several times its range.
 RELATION_MARGIN = 0.5
 RELATION_MARGIN_ANIMAL = 0.02
-#: Heatmap peaks per part looked at for one that keeps the relations, and the least confidence
-#: of a peak (and of a partner whose position is trusted to judge).
+#: Heatmap peaks per part looked at for one that keeps the relations, the least confidence of
+#: a partner whose position is trusted to judge, and the least confidence of a peak to move to
+#: (lower: a relation the labels fix is stronger evidence than a faint heatmap; on mirror-mouse
+#: the right place of a paw its model put on another paw had 0.03, BENCHMARKS.md).
 RELATION_PEAKS = 8
 RELATION_MIN_CONFIDENCE = 0.05
+RELATION_MIN_PEAK = 0.02
 
 
 def learn_relations(keypoints: np.ndarray, animal_size: float,
@@ -168,7 +171,7 @@ def _peak_keeping_relations(pose: torch.Tensor, candidates: torch.Tensor, part: 
     if not bool(mine.any()):
         return None
     for row in candidates[1:]:
-        if not bool(torch.isfinite(row).all()) or float(row[2]) < RELATION_MIN_CONFIDENCE:
+        if not bool(torch.isfinite(row).all()) or float(row[2]) < RELATION_MIN_PEAK:
             break  # strongest first: the rest are weaker
         trial = pose.clone()
         trial[part] = row
