@@ -35,6 +35,10 @@ def main() -> None:
     ap.add_argument("--home", required=True, help="the ELEMENT_POSE_HOME accuracy.py used")
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--video", default=None,
+                    help="also analyse this video with and without the relations: how often "
+                         "they act where there are no labels")
+    ap.add_argument("--video-frames", type=int, default=300)
     args = ap.parse_args()
     os.environ["ELEMENT_POSE_HOME"] = args.home
     os.environ.setdefault("ELEMENT_POSE_PREFIX", "bench_")  # accuracy.py's schemas
@@ -75,10 +79,42 @@ def main() -> None:
     for c in changes:
         print(f"  moved by the relations: frame {c['frame_id']} {c['part']}: "
               f"{c['error_without_px']:.1f} -> {c['error_with_px']:.1f} px")
+    video = video_effect(net, base, args.video, args.video_frames) if args.video else None
     out = Path(args.out) / f"decoding_{args.dataset}.json"
     out.write_text(json.dumps({"dataset": args.dataset, "relations": n_rel, "variants": rows,
-                               "moved_by_relations": changes}, indent=1))
+                               "moved_by_relations": changes, "video": video}, indent=1))
     print("wrote", out)
+
+
+def video_effect(net, base, video: str, frames: int) -> dict:
+    """On unlabeled video: the frames that break a relation, those the relations change, and
+    the confidence and distance of the moved parts."""
+    import torch
+
+    from element_pose.engine.relations import broken_relations
+
+    poses, speed = {}, {}
+    for on in (False, True):
+        net.config = base.replace(part_relations=on)
+        poses[on], stats = net.predict_video(video, stop=frames, progress=False)
+        speed[on] = stats["fps"]
+    net.config = base
+    off, on = poses[False], poses[True]
+    moved = np.abs(on - off).sum(axis=2) > 1e-3
+    result = {
+        "frames": len(off),
+        "breaking_before_mending": float(broken_relations(torch.from_numpy(off), net.relations)
+                                         .any(dim=1).float().mean()),
+        "frames_changed": float(moved.any(axis=1).mean()),
+        "moved_per_part": {p: int(moved[:, k].sum()) for k, p in enumerate(net.bodyparts)
+                           if moved[:, k].any()},
+        "median_confidence_before": float(np.median(off[moved][:, 2])) if moved.any() else None,
+        "median_confidence_after": float(np.median(on[moved][:, 2])) if moved.any() else None,
+        "median_move_px": float(np.median(np.linalg.norm((on - off)[moved][:, :2], axis=1)))
+        if moved.any() else None,
+        "fps_without": speed[False], "fps_with": speed[True]}
+    print("  video:", json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":
