@@ -79,7 +79,7 @@ def test_nothing_moves_without_a_peak_that_keeps_the_relation_or_a_confident_par
                          [[200.0, 50.0, 0.8], [100.0, 250.0, 0.01]]])  # mirror not found
     peaks = torch.full((2, 2, 8, 3), NAN)
     peaks[:, :, 0] = pose
-    peaks[0, 0, 1] = torch.tensor([100.0, 60.0, 0.02])  # keeps it, but below any confidence
+    peaks[0, 0, 1] = torch.tensor([100.0, 60.0, 0.015])  # keeps it, but below any confidence
     peaks[1, 0, 1] = torch.tensor([100.0, 60.0, 0.5])
     out = keep_relations(pose, peaks, rel)
     assert torch.equal(out, pose)
@@ -97,3 +97,61 @@ def test_the_part_breaking_most_relations_moves():
     out = keep_relations(pose, peaks, rel)
     assert out[0, 2].tolist() == pytest.approx([49.0, 200.0, 0.4])
     assert torch.equal(out[0, :2], pose[0, :2])
+
+
+def _mend_one_frame(pose: torch.Tensor, peaks: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
+    """The rule of keep_relations written plainly, one frame and one candidate at a time."""
+    from element_pose.engine.relations import RELATION_MIN_PEAK
+
+    pose = pose.clone()
+    k = pose.shape[0]
+    moved: set[int] = set()
+    for _ in range(k):
+        broken = broken_relations(pose[None], rel)[0]
+        if not broken.any():
+            break
+        moves = []
+        for part in range(k):
+            mine = (rel[:, 0] == part) | (rel[:, 1] == part)
+            accusers = [int(rel[r, 1] if rel[r, 0] == part else rel[r, 0])
+                        for r in range(len(rel)) if broken[r] and mine[r]]
+            if not accusers or part in moved:
+                continue
+            support = max(float(pose[j, 2]) for j in accusers)
+            for row in peaks[part, 1:]:
+                if not torch.isfinite(row).all() or float(row[2]) < RELATION_MIN_PEAK:
+                    break
+                trial = pose.clone()
+                trial[part] = row
+                if not broken_relations(trial[None], rel[mine])[0].any():
+                    if support + float(row[2]) > max(float(pose[part, 2]), support):
+                        moves.append((len(accusers), support + float(row[2]), part, row))
+                    break
+        if not moves:
+            break
+        _, _, part, row = max(moves, key=lambda mv: (mv[0], mv[1]))
+        pose[part] = row
+        moved.add(part)
+    return pose
+
+
+def test_all_frames_at_once_choose_as_one_frame_at_a_time():
+    gen = torch.Generator().manual_seed(0)
+    n, k, m = 300, 6, 8
+    rel = torch.tensor([[0.0, 1.0, 0.0, -20.0, 20.0], [0.0, 3.0, 1.0, -30.0, 30.0],
+                        [1.0, 3.0, 0.0, -25.0, 25.0], [2.0, 4.0, 0.0, -15.0, 15.0],
+                        [2.0, 4.0, 1.0, 40.0, 80.0], [1.0, 5.0, 1.0, -10.0, 10.0]])
+    # peaks on a coarse grid, so that some keep relations and some break them
+    xy = torch.randint(0, 8, (n, k, m, 2), generator=gen).float() * 20.0
+    conf = torch.rand(n, k, m, generator=gen).sort(dim=-1, descending=True).values
+    peaks = torch.cat([xy, conf[..., None]], dim=-1)
+    # fewer peaks for some parts: NaN rows last, as find_peaks gives them
+    count = torch.randint(2, m + 1, (n, k, 1), generator=gen)
+    peaks[torch.arange(m) >= count] = NAN
+    peaks[:, :, 0] = torch.cat([xy[:, :, 0], conf[:, :, 0, None]], dim=-1)
+    pose = peaks[:, :, 0].clone()
+    out = keep_relations(pose, peaks, rel)
+    expected = torch.stack([_mend_one_frame(pose[i], peaks[i], rel) for i in range(n)])
+    moved = (out != pose).any(-1).any(-1)
+    assert 30 < int(moved.sum()) < n  # the case is not trivial
+    assert torch.equal(out, expected)
