@@ -39,9 +39,16 @@ def main() -> None:
                     help="also analyse this video with and without the relations: how often "
                          "they act where there are no labels")
     ap.add_argument("--video-frames", type=int, default=300)
+    ap.add_argument("--video-repeat", type=int, default=1,
+                    help="time the video this many times with and without relations, "
+                         "alternating; the median frames/s is reported")
+    ap.add_argument("--relearn", action="store_true",
+                    help="learn the part relations again from the split's training frames with "
+                         "the current rule (a model trained before a change to it)")
     args = ap.parse_args()
     os.environ["ELEMENT_POSE_HOME"] = args.home
     os.environ.setdefault("ELEMENT_POSE_PREFIX", "bench_")  # accuracy.py's schemas
+    from element_pose.engine.relations import fixed_relations
     from workflow.pipeline import model, train
 
     key = (model.Model & {"model_name": f"bench_{args.dataset}"}).keys()[0]
@@ -53,7 +60,19 @@ def main() -> None:
     truth = train.LabeledDataset.keypoints({"dataset": args.dataset}, ids)[:, 0][:, order]
     images = train.LabeledDataset.images({"dataset": args.dataset}, ids)
     net = model.Model.load(key)
-    n_rel = 0 if net.relations is None else len(net.relations)
+    if args.relearn:
+        import torch
+
+        from element_pose.engine.autoconfig import dataset_stats
+        from element_pose.engine.relations import learn_relations
+
+        fit = train.DataSplit.frame_ids(split, "train")
+        kp = train.LabeledDataset.keypoints({"dataset": args.dataset}, fit)[:, 0][:, order]
+        sizes = [(im.shape[1], im.shape[0])
+                 for im in train.LabeledDataset.images({"dataset": args.dataset}, fit)]
+        rel = learn_relations(kp, dataset_stats(sizes, kp).animal_size_px)
+        net.relations = torch.as_tensor(rel, dtype=torch.float32) if len(rel) else None
+    n_rel = 0 if net.relations is None else len(fixed_relations(net.relations))
     print(f"{args.dataset}: {len(ids)} test frames, {n_rel} learned relations")
     base = net.config
     preds, rows = {}, {}
@@ -79,31 +98,36 @@ def main() -> None:
     for c in changes:
         print(f"  moved by the relations: frame {c['frame_id']} {c['part']}: "
               f"{c['error_without_px']:.1f} -> {c['error_with_px']:.1f} px")
-    video = video_effect(net, base, args.video, args.video_frames) if args.video else None
+    video = (video_effect(net, base, args.video, args.video_frames, args.video_repeat)
+             if args.video else None)
     out = Path(args.out) / f"decoding_{args.dataset}.json"
     out.write_text(json.dumps({"dataset": args.dataset, "relations": n_rel, "variants": rows,
                                "moved_by_relations": changes, "video": video}, indent=1))
     print("wrote", out)
 
 
-def video_effect(net, base, video: str, frames: int) -> dict:
+def video_effect(net, base, video: str, frames: int, repeat: int = 1) -> dict:
     """On unlabeled video: the frames that break a relation, those the relations change, and
-    the confidence and distance of the moved parts."""
+    the confidence and distance of the moved parts; frames/s with and without them (median of
+    ``repeat`` alternating timings)."""
     import torch
 
-    from element_pose.engine.relations import broken_relations
+    from element_pose.engine.relations import broken_relations, fixed_relations
 
-    poses, speed = {}, {}
-    for on in (False, True):
-        net.config = base.replace(part_relations=on)
-        poses[on], stats = net.predict_video(video, stop=frames, progress=False)
-        speed[on] = stats["fps"]
+    poses, speeds = {}, {False: [], True: []}
+    for _ in range(max(1, repeat)):
+        for on in (False, True):
+            net.config = base.replace(part_relations=on)
+            poses[on], stats = net.predict_video(video, stop=frames, progress=False)
+            speeds[on].append(stats["fps"])
     net.config = base
+    speed = {on: float(np.median(v)) for on, v in speeds.items()}
     off, on = poses[False], poses[True]
     moved = np.abs(on - off).sum(axis=2) > 1e-3
     result = {
         "frames": len(off),
-        "breaking_before_mending": float(broken_relations(torch.from_numpy(off), net.relations)
+        "breaking_before_mending": float(broken_relations(torch.from_numpy(off),
+                                                          fixed_relations(net.relations))
                                          .any(dim=1).float().mean()),
         "frames_changed": float(moved.any(axis=1).mean()),
         "moved_per_part": {p: int(moved[:, k].sum()) for k, p in enumerate(net.bodyparts)
@@ -112,7 +136,8 @@ def video_effect(net, base, video: str, frames: int) -> dict:
         "median_confidence_after": float(np.median(on[moved][:, 2])) if moved.any() else None,
         "median_move_px": float(np.median(np.linalg.norm((on - off)[moved][:, :2], axis=1)))
         if moved.any() else None,
-        "fps_without": speed[False], "fps_with": speed[True]}
+        "fps_without": speed[False], "fps_with": speed[True],
+        "fps_timings": {"without": speeds[False], "with": speeds[True]}}
     print("  video:", json.dumps(result))
     return result
 

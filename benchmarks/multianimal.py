@@ -96,6 +96,9 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the result file name")
     ap.add_argument("--params", default="{}",
                     help="engine settings (JSON) both networks start from, e.g. a backbone")
+    ap.add_argument("--multianimal", default="{}",
+                    help="multi-animal settings (JSON) beside the benchmark's, e.g. "
+                         "'{\"instance_backbone_stride\": 8}'")
     ap.add_argument("--model", type=Path,
                     help="score this model file instead of training one")
     ap.add_argument("--ablate", action="store_true",
@@ -108,7 +111,7 @@ def main() -> None:
     train_idx = [int(i) for i in np.linspace(0, 999, args.train_frames).round()]
     kp = labels.keypoints[train_idx]
     ma = MultiAnimalConfig.from_dict({
-        "identity": True, "align": args.align,
+        "identity": True, "align": args.align, **json.loads(args.multianimal),
         **({} if args.centroid_iterations == "auto"
            else {"centroid_iterations": int(args.centroid_iterations)}),
         **({} if args.instance_iterations == "auto"
@@ -151,6 +154,7 @@ def main() -> None:
            "train_minutes": train_minutes,
            "iterations": {"centroid": model.settings.centroid_iterations, "instance": best},
            "settings": model.settings.to_dict(), "params": json.loads(args.params),
+           "multianimal_params": json.loads(args.multianimal),
            "flip_test": model.flip_test,
            "sides": None if model.sides is None else model.sides.to_dict(), **row}
     args.out.mkdir(parents=True, exist_ok=True)

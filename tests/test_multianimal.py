@@ -300,6 +300,23 @@ def test_multianimal_iterations_fit_the_time_budget_at_the_measured_speed():
     assert (mine.multianimal.instance_iterations, mine.multianimal.centroid_iterations) == (123, 45)
 
 
+def test_instance_backbone_can_be_cut_shorter_than_the_centroid_networks():
+    rng = np.random.default_rng(1)
+    kp = rng.uniform(100, 900, size=(20, 2, 1, 2)) + rng.uniform(-40, 40, size=(20, 2, 5, 2))
+    sizes = [(1024, 1024)] * 20
+    default = plan(sizes, kp, EngineConfig(), MultiAnimalConfig())
+    assert default.instance.backbone_stride == default.centroid.backbone_stride == 16
+    assert default.multianimal.instance_backbone_stride == 16  # resolved, so reproducible
+    short = plan(sizes, kp, EngineConfig(), MultiAnimalConfig.from_dict(
+        {"instance_backbone_stride": 8}))
+    assert (short.instance.backbone_stride, short.centroid.backbone_stride) == (8, 16)
+    with pytest.raises(ConfigError, match="instance_backbone_stride.*8, 16, 32"):
+        MultiAnimalConfig.from_dict({"instance_backbone_stride": 4})
+    with pytest.raises(ConfigError, match=r"output stride \(16\); use 16"):
+        plan(sizes, kp, EngineConfig(output_stride=16),
+             MultiAnimalConfig.from_dict({"instance_backbone_stride": 8}))
+
+
 def test_train_multianimal_rejects_bad_labels(tmp_path):
     images = [np.zeros((64, 64, 3), np.uint8)] * 2
     kp = np.full((2, 2, 4, 2), 10.0)

@@ -22,11 +22,16 @@ def mirrored_labels(n: int = 60, seed: int = 0) -> np.ndarray:
 def test_learns_only_the_differences_the_labels_fix():
     kp = mirrored_labels()
     rel = learn_relations(kp, animal_size=300.0)
-    assert [tuple(int(v) for v in r[:3]) for r in rel] == [(0, 1, 0)]  # paw and mirror, x
-    lo, hi = rel[0, 3:]
+    # paw and mirror: fixed in x; their y difference bounded (what the labels span)
+    assert [tuple(int(v) for v in r[:3]) + (r[5],) for r in rel] == [(0, 1, 0, 1.0),
+                                                                       (0, 1, 1, 0.0)]
+    lo, hi = rel[0, 3:5]
     d = kp[:, 1, 0] - kp[:, 0, 0]
     assert lo < d.min() and hi > d.max()  # every label keeps it, with a margin
     assert hi - lo < 0.1 * 300.0  # still far tighter than the animal
+    lo, hi = rel[1, 3:5]
+    d = kp[:, 1, 1] - kp[:, 0, 1]
+    assert lo < d.min() and hi > d.max()  # every label within the bound
     # too few frames labeled together: nothing learned
     assert len(learn_relations(kp[:10], animal_size=300.0)) == 0
     # a part missing in most frames (NaN) counts only where labeled
@@ -35,7 +40,7 @@ def test_learns_only_the_differences_the_labels_fix():
     assert len(learn_relations(kp_missing, animal_size=300.0)) == 0
     with pytest.raises(ValueError, match=r"\(N, K, 2\)"):
         learn_relations(kp[..., 0], animal_size=300.0)
-    assert learn_relations(kp, animal_size=0.0).shape == (0, 5)
+    assert learn_relations(kp, animal_size=0.0).shape == (0, 6)
 
 
 def test_part_off_its_mirror_moves_to_the_peak_that_keeps_the_relation():
@@ -105,16 +110,17 @@ def _mend_one_frame(pose: torch.Tensor, peaks: torch.Tensor, rel: torch.Tensor) 
 
     pose = pose.clone()
     k = pose.shape[0]
+    fixed = rel[rel[:, 5] > 0.5]  # relations start moves; bounds only judge the new place
     moved: set[int] = set()
     for _ in range(k):
-        broken = broken_relations(pose[None], rel)[0]
+        broken = broken_relations(pose[None], fixed)[0]
         if not broken.any():
             break
         moves = []
         for part in range(k):
             mine = (rel[:, 0] == part) | (rel[:, 1] == part)
-            accusers = [int(rel[r, 1] if rel[r, 0] == part else rel[r, 0])
-                        for r in range(len(rel)) if broken[r] and mine[r]]
+            accusers = [int(fixed[r, 1] if fixed[r, 0] == part else fixed[r, 0])
+                        for r in range(len(fixed)) if broken[r] and part in fixed[r, :2]]
             if not accusers or part in moved:
                 continue
             support = max(float(pose[j, 2]) for j in accusers)
@@ -123,6 +129,7 @@ def _mend_one_frame(pose: torch.Tensor, peaks: torch.Tensor, rel: torch.Tensor) 
                     break
                 trial = pose.clone()
                 trial[part] = row
+                trial[part, 2] = 1.0  # judged whatever its own confidence
                 if not broken_relations(trial[None], rel[mine])[0].any():
                     if support + float(row[2]) > max(float(pose[part, 2]), support):
                         moves.append((len(accusers), support + float(row[2]), part, row))
@@ -138,9 +145,10 @@ def _mend_one_frame(pose: torch.Tensor, peaks: torch.Tensor, rel: torch.Tensor) 
 def test_all_frames_at_once_choose_as_one_frame_at_a_time():
     gen = torch.Generator().manual_seed(0)
     n, k, m = 300, 6, 8
-    rel = torch.tensor([[0.0, 1.0, 0.0, -20.0, 20.0], [0.0, 3.0, 1.0, -30.0, 30.0],
-                        [1.0, 3.0, 0.0, -25.0, 25.0], [2.0, 4.0, 0.0, -15.0, 15.0],
-                        [2.0, 4.0, 1.0, 40.0, 80.0], [1.0, 5.0, 1.0, -10.0, 10.0]])
+    rel = torch.tensor([[0.0, 1.0, 0.0, -20.0, 20.0, 1.0], [0.0, 1.0, 1.0, -60.0, 60.0, 0.0],
+                        [0.0, 3.0, 1.0, -30.0, 30.0, 1.0], [1.0, 3.0, 0.0, -25.0, 25.0, 1.0],
+                        [2.0, 4.0, 0.0, -15.0, 15.0, 1.0], [2.0, 4.0, 1.0, 40.0, 80.0, 1.0],
+                        [1.0, 5.0, 1.0, -10.0, 10.0, 1.0], [1.0, 5.0, 0.0, -90.0, 50.0, 0.0]])
     # peaks on a coarse grid, so that some keep relations and some break them
     xy = torch.randint(0, 8, (n, k, m, 2), generator=gen).float() * 20.0
     conf = torch.rand(n, k, m, generator=gen).sort(dim=-1, descending=True).values
@@ -155,3 +163,33 @@ def test_all_frames_at_once_choose_as_one_frame_at_a_time():
     moved = (out != pose).any(-1).any(-1)
     assert 30 < int(moved.sum()) < n  # the case is not trivial
     assert torch.equal(out, expected)
+
+
+def test_a_faint_peak_must_keep_the_relations_too():
+    rel = torch.tensor([[0.0, 1.0, 0.0, -10.0, 10.0]])
+    # part 0 off by 100 px; its only other peak is faint and off as well (same x as nothing)
+    pose = torch.tensor([[[200.0, 50.0, 0.8], [100.0, 250.0, 0.9]],
+                         [[200.0, 50.0, 0.8], [100.0, 250.0, 0.9]]])
+    peaks = torch.full((2, 2, 8, 3), NAN)
+    peaks[:, :, 0] = pose
+    peaks[0, 0, 1] = torch.tensor([400.0, 250.0, 0.03])  # faint and breaking: no excuse
+    peaks[1, 0, 1] = torch.tensor([104.0, 50.0, 0.03])  # faint and keeping it: taken
+    out = keep_relations(pose, peaks, rel)
+    assert torch.equal(out[0], pose[0])
+    assert out[1, 0].tolist() == pytest.approx([104.0, 50.0, 0.03])
+
+
+def test_a_peak_outside_a_bound_is_not_taken():
+    # x fixed between a paw and its mirror image, y bounded: the mirror is 150-250 px below
+    rel = torch.tensor([[0.0, 1.0, 0.0, -10.0, 10.0, 1.0], [0.0, 1.0, 1.0, 150.0, 250.0, 0.0]])
+    pose = torch.tensor([[[200.0, 50.0, 0.8], [100.0, 250.0, 0.9]]])
+    peaks = torch.full((1, 2, 8, 3), NAN)
+    peaks[:, :, 0] = pose
+    peaks[0, 0, 1] = torch.tensor([101.0, 245.0, 0.5])  # the mirror image's own spot: x fits
+    peaks[0, 0, 2] = torch.tensor([99.0, 60.0, 0.3])  # the right place
+    out = keep_relations(pose, peaks, rel)
+    assert out[0, 0].tolist() == pytest.approx([99.0, 60.0, 0.3])
+    # a bound alone never starts a move
+    still = pose.clone()
+    still[0, 0, :2] = torch.tensor([100.0, 240.0])
+    assert torch.equal(keep_relations(still, peaks, rel), still)

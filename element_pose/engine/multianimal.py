@@ -145,6 +145,12 @@ class MultiAnimalConfig:
         Keep left/right parts on the side of the body axis where the labels always put them
         (:mod:`~element_pose.engine.sides`). ``"auto"``: where the labels show such a rule;
         ``True`` makes its absence an error.
+    instance_backbone_stride : {8, 16, 32} or "auto"
+        Where the instance network's backbone is cut (``backbone_stride`` of the instance
+        network only; the centroid network keeps the training config's). A shorter backbone
+        sees less of the crop at once, so it learns each part's own look more than whole
+        poses, which carries over better to poses the training frames do not show.
+        ``"auto"``: the training config's ``backbone_stride``.
     """
 
     max_animals: int | Literal["auto"] = "auto"
@@ -161,6 +167,7 @@ class MultiAnimalConfig:
     flip: bool | Literal["auto"] = "auto"
     flip_test: bool | Literal["auto"] = "auto"
     sides: bool | Literal["auto"] = "auto"
+    instance_backbone_stride: int | Literal["auto"] = "auto"
 
     @classmethod
     def from_dict(cls, d: dict | None = None) -> MultiAnimalConfig:
@@ -180,6 +187,9 @@ class MultiAnimalConfig:
                                           or out.align_parts[0] == out.align_parts[1]):
             raise ConfigError("Config key 'multianimal.align_parts' must name two different "
                               f"body parts (front, back), got {list(out.align_parts)}.")
+        if out.instance_backbone_stride not in ("auto", 8, 16, 32):
+            raise ConfigError("Config key 'multianimal.instance_backbone_stride' must be 8, 16, "
+                              f"32 or 'auto', got {out.instance_backbone_stride!r}.")
         if not 0 < out.detection_threshold < 1:
             raise ConfigError("Config key 'multianimal.detection_threshold' must be within "
                               f"(0, 1), got {out.detection_threshold}.")
@@ -415,8 +425,14 @@ def plan(image_sizes: Sequence[tuple[int, int]], keypoints: np.ndarray, config: 
         # and its legs were still 40-50 px off after 2200 iterations, BENCHMARKS.md).
         stride = pick("instance_output_stride", 4,
                       "one centred animal per crop: stride 4, whatever the part spacing")
+    backbone = config.backbone_stride
+    if ma.instance_backbone_stride != "auto":
+        backbone = ma.instance_backbone_stride
+        if stride != "auto" and stride > backbone:
+            raise ConfigError(f"multianimal.instance_backbone_stride ({backbone}) must be >= "
+                              f"the output stride ({stride}); use {max(stride, 8)} or more.")
     instance = config.replace(input_scale=1.0, crop_size=int(crop), augmentation=aug,
-                              output_stride=stride, **length)
+                              output_stride=stride, backbone_stride=backbone, **length)
     flip = ma.flip
     if config.flip_pairs not in ((), "auto"):
         flip = instance.augmentation.flip > 0  # the user's own pairs
@@ -450,7 +466,8 @@ def plan(image_sizes: Sequence[tuple[int, int]], keypoints: np.ndarray, config: 
         "min_distance": float(min_distance), "centroid_iterations": int(cits),
         "instance_iterations": its, "align": bool(align),
         "align_parts": list(axis) if align else "auto", "flip": bool(flip),
-        "flip_test": bool(flip_test), "sides": sides is not None})
+        "flip_test": bool(flip_test), "sides": sides is not None,
+        "instance_backbone_stride": int(backbone)})
     report = {"stats": {"frames": n_frames, "instances": n_instances,
                         "median_animal_px": median, "largest_animal_px": largest,
                         "frame_side_px": frame_side}, "chosen": chosen}

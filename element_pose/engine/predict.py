@@ -132,7 +132,8 @@ class PoseModel:
             if relate:
                 pose = keep_relations(pose, peaks, self.relations)
             if separate:
-                pose = separate_parts(pose, peaks[:, :, :ALTERNATIVE_PEAKS], self.separation)
+                pose = separate_parts(pose, peaks[:, :, :ALTERNATIVE_PEAKS], self.separation,
+                                      self.relations if relate else None)
         return pose
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from element_pose.engine.relations import broken_relations
+
 #: A pair is in conflict when its predictions are closer than this fraction of the closest
 #: distance the training labels put them at (their ``SEPARATION_PERCENTILE``-th percentile).
 SEPARATION_FRACTION = 0.5
@@ -62,7 +64,8 @@ def separation_radii(keypoints: np.ndarray, fraction: float = SEPARATION_FRACTIO
     return radii
 
 
-def separate_parts(pose: torch.Tensor, peaks: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:
+def separate_parts(pose: torch.Tensor, peaks: torch.Tensor, radii: torch.Tensor,
+                   relations: torch.Tensor | None = None) -> torch.Tensor:
     """Move one part of each pair predicted closer than its radius to its next-best peak.
 
     Parameters
@@ -74,6 +77,10 @@ def separate_parts(pose: torch.Tensor, peaks: torch.Tensor, radii: torch.Tensor)
         there are fewer).
     radii : torch.Tensor
         (K, K) from :func:`separation_radii`, in the same pixels.
+    relations : torch.Tensor, optional
+        Learned part relations and bounds (:mod:`element_pose.engine.relations`): a part only
+        moves to a peak that keeps those it has with the other parts where they are (on
+        mirror-mouse, separation alone moved parts the relations had placed).
 
     Returns
     -------
@@ -86,6 +93,8 @@ def separate_parts(pose: torch.Tensor, peaks: torch.Tensor, radii: torch.Tensor)
     """
     out = pose.clone()
     radii = radii.to(pose.device, pose.dtype)
+    if relations is not None:
+        relations = relations.to(pose.device, pose.dtype)
     dist = torch.cdist(pose[..., :2], pose[..., :2])  # NaN rows compare False
     conflicted = ((dist < radii) & (radii > 0)).any(dim=(1, 2)).nonzero().flatten().tolist()
     k = pose.shape[1]
@@ -107,7 +116,7 @@ def separate_parts(pose: torch.Tensor, peaks: torch.Tensor, radii: torch.Tensor)
             best, move = max(conf_i, conf_j), None
             for part, other in ((i, conf_j), (j, conf_i)):
                 least = ALTERNATIVE_MIN_RATIO * float(out[b, part, 2])
-                alt = _free_peak(peaks[b, part], xy, radii[part], part, least)
+                alt = _free_peak(peaks[b, part], out[b], radii[part], part, least, relations)
                 if alt is not None and other + float(alt[2]) > best:
                     best, move = other + float(alt[2]), (part, alt)
             if move is None:
@@ -117,17 +126,29 @@ def separate_parts(pose: torch.Tensor, peaks: torch.Tensor, radii: torch.Tensor)
     return out
 
 
-def _free_peak(candidates: torch.Tensor, xy: torch.Tensor, radius: torch.Tensor, part: int,
-               least: float = 0.0) -> torch.Tensor | None:
-    """The strongest of a part's non-first peaks clear of every other part's radius, with a
-    confidence of at least ``least`` (and ``ALTERNATIVE_MIN_CONFIDENCE``)."""
+def _free_peak(candidates: torch.Tensor, pose: torch.Tensor, radius: torch.Tensor, part: int,
+               least: float = 0.0, relations: torch.Tensor | None = None
+               ) -> torch.Tensor | None:
+    """The strongest of a part's non-first peaks clear of every other part's radius (and
+    keeping its ``relations`` with them), with a confidence of at least ``least`` (and
+    ``ALTERNATIVE_MIN_CONFIDENCE``). ``pose`` is (K, 3)."""
     floor = max(least, ALTERNATIVE_MIN_CONFIDENCE)
+    mine = None
+    if relations is not None and len(relations):
+        mine = relations[(relations[:, 0] == part) | (relations[:, 1] == part)]
     for row in candidates[1:]:
         if not bool(torch.isfinite(row).all()) or float(row[2]) < floor:
             break  # strongest first: the rest are weaker
-        d = torch.linalg.vector_norm(xy - row[:2], dim=-1)
+        d = torch.linalg.vector_norm(pose[:, :2] - row[:2], dim=-1)
         clear = ~(d < radius) | (radius <= 0)  # a NaN position blocks nothing
         clear[part] = True
-        if bool(clear.all()):
-            return row
+        if not bool(clear.all()):
+            continue
+        if mine is not None and len(mine):
+            trial = pose.clone()
+            trial[part] = row
+            trial[part, 2] = 1.0  # judged whatever its own confidence
+            if bool(broken_relations(trial[None], mine)[0].any()):
+                continue
+        return row
     return None
