@@ -428,8 +428,9 @@ def test_model_file_carries_part_relations(tmp_path):
     model = load_model(r.checkpoint_path, device="cpu")
     rel = model.relations.cpu().numpy()
     # an animal that never turns: every coordinate difference is fixed (6 pairs x 2 axes)
-    assert rel.shape == (12, 5)
+    assert rel.shape == (12, 6) and (rel[:, 5] == 1).all()
     assert r.auto_report["part_relations"] == 12
+    assert r.auto_report["part_relation_bounds"] == 0
     d = kps[:, 1, 0] - kps[:, 0, 0]  # tail minus nose, x: -32 px in every frame
     row = rel[(rel[:, 0] == 0) & (rel[:, 1] == 1) & (rel[:, 2] == 0)][0]
     assert row[3] < d.min() <= d.max() < row[4]

@@ -240,9 +240,10 @@ class EngineConfig:
     part_relations : bool
         Coordinate differences the training labels show fixed (a paw and its mirror image at
         one x) are kept when decoding: a part placed where it breaks one (beyond the labeled
-        range widened by half its width) moves to its strongest heatmap peak that keeps them all (:mod:`element_pose.engine.relations`).
-        Learned from the training labels and stored in the model file; freely moving animals
-        have few or none.
+        range widened by half its width) moves to its strongest heatmap peak that keeps them
+        all, and the other axis of the pair within its labeled range
+        (:mod:`element_pose.engine.relations`). Learned from the training labels and stored
+        in the model file; freely moving animals have few or none.
     checkpoint_every : int
         Iterations between resumable checkpoints.
     keep_checkpoints : int

@@ -63,7 +63,8 @@ class PoseModel:
         (K, K) pixel radii of :mod:`element_pose.engine.separation`, applied when
         ``config.separate_parts``; None for a model file that has none.
     relations : torch.Tensor or None
-        (R, 5) fixed coordinate differences of :mod:`element_pose.engine.relations`, kept
+        (R, 6) fixed coordinate differences and bounds of
+        :mod:`element_pose.engine.relations`, kept
         when ``config.part_relations``; None for a model file that has none.
     """
 
@@ -82,9 +83,10 @@ class PoseModel:
         self.network = net
         self.separation = (torch.as_tensor(np.asarray(separation, dtype=np.float32), device=dev)
                            if separation is not None else None)
-        self.relations = (torch.as_tensor(np.asarray(relations, dtype=np.float32),
-                                          device=dev).reshape(-1, 5)
-                          if relations is not None and len(relations) else None)
+        rel = np.asarray(relations if relations is not None else [], dtype=np.float32)
+        # rows of 6 (bounds marked); a model file written before bounds existed has rows of 5
+        self.relations = (torch.as_tensor(rel.reshape(len(rel), -1), device=dev)
+                          if len(rel) else None)
         # bfloat16 on a CPU only for a model trained with it (training found it faster) and
         # where oneDNN supports it; "auto" (a config never trained) stays float32
         self._amp = (config.mixed_precision if dev.type == "cuda" else

@@ -527,7 +527,8 @@ def _train(imgs: list[np.ndarray], kp: np.ndarray, bodyparts: list[str], config:
         size = dataset_stats([(im.shape[1], im.shape[0]) for im in imgs], kp).animal_size_px
         relations = learn_relations(kp, size)
     if relations is not None:
-        report["part_relations"] = len(relations)
+        report["part_relations"] = int((relations[:, 5] > 0).sum())
+        report["part_relation_bounds"] = int((relations[:, 5] == 0).sum())
     cap = validation_cap(kp)
     if len(val):
         report["validation_cap_px"] = round(cap, 2)
