@@ -9,7 +9,8 @@ Two diagnoses on sleap-fly-clip (BENCHMARKS.md, 2026-12-07):
   (the side rules learned from the benchmark's 200 training frames).
 * always: in each fly's own frame (thorax at the origin, head up), the fraction of the test
   frames' leg and wing tips more than 10 px from every labeled pose of frames 0-999, and the
-  same with the mirror images of those poses (left and right swapped) added.
+  same with the mirror images of those poses (left and right swapped) added, and how far
+  each wing opens in the test frames against the widest opening of frames 0-999.
 
 Usage::
 
@@ -80,6 +81,25 @@ def novelty(labels) -> None:
             print(f"{name:7s} {part:10s} test tips > {NEAR_PX:.0f} px from every training pose: "
                   f"{far(queries, seen):.0%}; with the mirror images too: "
                   f"{far(queries, both):.0%}")
+    wing_opening(labels)
+
+
+def wing_opening(labels) -> None:
+    """How far each wing opens (angle at the thorax from the thorax -> abdomen line) in the
+    test frames, against the widest opening of frames 0-999."""
+    bp = list(labels.bodyparts)
+    kp = labels.keypoints[..., :2]
+    back = kp[:, :, bp.index("abdomen")] - kp[:, :, bp.index("thorax")]
+    for wing in ("wingL", "wingR"):
+        tip = kp[:, :, bp.index(wing)] - kp[:, :, bp.index("thorax")]
+        cos = (tip * back).sum(-1) / (np.linalg.norm(tip, axis=-1) * np.linalg.norm(back, axis=-1))
+        angle = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))  # (F, M)
+        for m, name in enumerate(labels.individuals):
+            train, test = angle[:1000, m], angle[1000:, m]
+            train, test = train[np.isfinite(train)], test[np.isfinite(test)]
+            print(f"{name:7s} {wing}: opens at most {train.max():.0f} deg in frames 0-999; "
+                  f"further in {(test > train.max()).mean():.0%} of the test frames "
+                  f"(90th percentile {np.percentile(test, 90):.0f} deg)")
 
 
 def classify(labels, data: Path, model_path: Path, flip_test: bool, sides: bool) -> None:
