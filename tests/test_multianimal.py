@@ -24,6 +24,7 @@ from element_pose.engine.multianimal import (
     MultiAnimalConfig,
     axis_angles,
     choose_axis,
+    instance_boxes,
     load_any_model,
     load_multianimal_model,
     match_axis_angles,
@@ -315,6 +316,29 @@ def test_instance_backbone_can_be_cut_shorter_than_the_centroid_networks():
     with pytest.raises(ConfigError, match=r"output stride \(16\); use 16"):
         plan(sizes, kp, EngineConfig(output_stride=16),
              MultiAnimalConfig.from_dict({"instance_backbone_stride": 8}))
+
+
+def test_instance_crops_are_shifted_off_centre_as_far_as_a_quarter_of_the_animal():
+    rng = np.random.default_rng(2)
+    kp = rng.uniform(200, 800, size=(20, 2, 1, 2)) + rng.uniform(-50, 50, size=(20, 2, 5, 2))
+    sizes = [(1024, 1024)] * 20
+    default = plan(sizes, kp, EngineConfig(), MultiAnimalConfig())
+    _, extent = instance_boxes(kp)
+    crop = default.multianimal.instance_crop_size
+    expected = round(float(np.median(extent)) / 4.0 / crop, 3)
+    assert default.instance.augmentation.translate == pytest.approx(expected)
+    assert default.multianimal.instance_shift == pytest.approx(expected)  # resolved
+    assert "instance_shift" in default.report["chosen"]
+    # the centroid network keeps the single-animal rule (resolved when it trains)
+    assert default.centroid.augmentation.translate == "auto"
+    mine = plan(sizes, kp, EngineConfig(), MultiAnimalConfig.from_dict({"instance_shift": 0.05}))
+    assert mine.instance.augmentation.translate == 0.05
+    # a translate the user set in the training config reaches both networks, as before
+    both = plan(sizes, kp, EngineConfig.from_dict({"augmentation": {"translate": 0.1}}),
+                MultiAnimalConfig())
+    assert both.instance.augmentation.translate == both.centroid.augmentation.translate == 0.1
+    with pytest.raises(ConfigError, match="instance_shift.*0.15 shifts"):
+        MultiAnimalConfig.from_dict({"instance_shift": 0.7})
 
 
 def test_train_multianimal_rejects_bad_labels(tmp_path):

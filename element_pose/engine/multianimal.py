@@ -151,6 +151,16 @@ class MultiAnimalConfig:
         sees less of the crop at once, so it learns each part's own look more than whole
         poses, which carries over better to poses the training frames do not show.
         ``"auto"``: the training config's ``backbone_stride``.
+    instance_shift : float or "auto"
+        How far the instance network's training crops are shifted off their animal's centre,
+        as a fraction of the crop side (the instance network's ``augmentation.translate``;
+        the centroid network keeps the training config's). At inference a crop is centred on
+        the centroid network's peak, which strays from the animal's centre when animals
+        touch, so the instance network must find the animal it is meant for off-centre too.
+        ``"auto"``: the training config's ``augmentation.translate`` where it is set, else a
+        quarter of the median animal length (sleap-fly-clip: the centroid peaks of touching flies
+        were 20-27 px off; with +-5 px shifts the crop on one fly returned the other in 2 % of
+        the test frames, with +-24 px in 0.4 %, BENCHMARKS.md).
     """
 
     max_animals: int | Literal["auto"] = "auto"
@@ -168,6 +178,7 @@ class MultiAnimalConfig:
     flip_test: bool | Literal["auto"] = "auto"
     sides: bool | Literal["auto"] = "auto"
     instance_backbone_stride: int | Literal["auto"] = "auto"
+    instance_shift: float | Literal["auto"] = "auto"
 
     @classmethod
     def from_dict(cls, d: dict | None = None) -> MultiAnimalConfig:
@@ -187,6 +198,10 @@ class MultiAnimalConfig:
                                           or out.align_parts[0] == out.align_parts[1]):
             raise ConfigError("Config key 'multianimal.align_parts' must name two different "
                               f"body parts (front, back), got {list(out.align_parts)}.")
+        if out.instance_shift != "auto" and not 0 <= out.instance_shift < 0.5:
+            raise ConfigError("Config key 'multianimal.instance_shift' must be within [0, 0.5) "
+                              f"(a fraction of the crop side), got {out.instance_shift}; "
+                              "0.15 shifts a 160 px crop by up to 24 px.")
         if out.instance_backbone_stride not in ("auto", 8, 16, 32):
             raise ConfigError("Config key 'multianimal.instance_backbone_stride' must be 8, 16, "
                               f"32 or 'auto', got {out.instance_backbone_stride!r}.")
@@ -413,9 +428,18 @@ def plan(image_sizes: Sequence[tuple[int, int]], keypoints: np.ndarray, config: 
     # small shifts, no part-targeted crops; zoom and rotation as for any freely moving animal.
     # Egocentric crops are already turned to the body axis: rotation covers its error only.
     rotation = 15.0 if align else 180.0
-    for key, value in (("rotation", rotation), ("scale", [0.9, 1.1]), ("translate", 0.03)):
+    for key, value in (("rotation", rotation), ("scale", [0.9, 1.1])):
         if aug[key] == "auto":
             aug[key] = value
+    shift = ma.instance_shift
+    if shift == "auto" and aug["translate"] != "auto":
+        shift = pick("instance_shift", float(aug["translate"]),
+                     "the training config's augmentation.translate")
+    elif shift == "auto":
+        shift = pick("instance_shift", round(min(0.25, median / 4.0 / int(crop)), 3),
+                     f"a quarter of the median animal ({median:.0f} px), as far as the centroid "
+                     "peak strays from an animal's centre when animals touch")
+    aug["translate"] = float(shift)
     aug.update(crop_around_keypoints=1.0, part_crop_fraction=0.0)
     stride = config.output_stride
     if stride == "auto":
@@ -467,7 +491,7 @@ def plan(image_sizes: Sequence[tuple[int, int]], keypoints: np.ndarray, config: 
         "instance_iterations": its, "align": bool(align),
         "align_parts": list(axis) if align else "auto", "flip": bool(flip),
         "flip_test": bool(flip_test), "sides": sides is not None,
-        "instance_backbone_stride": int(backbone)})
+        "instance_backbone_stride": int(backbone), "instance_shift": float(shift)})
     report = {"stats": {"frames": n_frames, "instances": n_instances,
                         "median_animal_px": median, "largest_animal_px": largest,
                         "frame_side_px": frame_side}, "chosen": chosen}
