@@ -455,8 +455,11 @@ def test_flip_test_averages_each_crop_with_its_mirror_image(pair):
     assert ev_both["mean_error_px"] <= ev_plain["mean_error_px"] + 0.3
     moved = np.linalg.norm(both.poses[..., :2] - plain.poses[..., :2], axis=-1)
     assert np.nanmedian(moved) < 1.0
-    # the identity channels keep the unmirrored crop's answer
-    np.testing.assert_allclose(both.identity, plain.identity, atol=1e-5)
+    # the identity channels keep the unmirrored crop's answer (compared where both runs kept
+    # the detection: the averaged pose can decide a near-duplicate differently)
+    kept = np.isfinite(both.scores) & np.isfinite(plain.scores)
+    assert kept.mean() > 0.95
+    np.testing.assert_allclose(both.identity[kept], plain.identity[kept], atol=1e-5)
     model.flip_perm = np.arange(6)  # the swap left out: the ears go wrong
     unswapped = model.predict_frames(frames, batch_size=16)
     ev_wrong = evaluate_multianimal(unswapped.poses, unswapped.scores, truth)
