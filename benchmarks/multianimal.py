@@ -102,7 +102,8 @@ def main() -> None:
     ap.add_argument("--model", type=Path,
                     help="score this model file instead of training one")
     ap.add_argument("--ablate", action="store_true",
-                    help="also score the model without test-time flip and without side rules")
+                    help="also score the model without test-time flip, without side rules and "
+                         "with one instance pass (no recentre)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -142,13 +143,15 @@ def main() -> None:
     row = score(model, labels, video, args.test_stop)
     if args.ablate:
         variants = {}
-        flip_test, sides = model.flip_test, model.sides
-        for name, ft, sd in (("no flip_test", False, sides), ("no sides", flip_test, None),
-                             ("neither", False, None)):
-            model.flip_test, model.sides = ft, sd
+        flip_test, sides, recentre = model.flip_test, model.sides, model.recentre
+        for name, ft, sd, rc in (("no flip_test", False, sides, recentre),
+                                 ("no sides", flip_test, None, recentre),
+                                 ("neither", False, None, recentre),
+                                 ("one pass (no recentre)", flip_test, sides, False)):
+            model.flip_test, model.sides, model.recentre = ft, sd, rc
             variants[name] = {k: v for k, v in score(model, labels, video, args.test_stop).items()
                               if k not in ("fps_single_animal_same_frames",)}
-        model.flip_test, model.sides = flip_test, sides
+        model.flip_test, model.sides, model.recentre = flip_test, sides, recentre
         row["ablations"] = variants
     row = {"dataset": "sleap-fly-clip", "train_frames": len(train_idx),
            "train_minutes": train_minutes,

@@ -22,6 +22,7 @@ from element_pose.engine.metrics import (
 )
 from element_pose.engine.multianimal import (
     MultiAnimalConfig,
+    _found_centre,
     axis_angles,
     choose_axis,
     instance_boxes,
@@ -464,6 +465,33 @@ def test_flip_test_averages_each_crop_with_its_mirror_image(pair):
     unswapped = model.predict_frames(frames, batch_size=16)
     ev_wrong = evaluate_multianimal(unswapped.poses, unswapped.scores, truth)
     assert ev_wrong["mean_error_px"] > ev_both["mean_error_px"] + 0.5
+
+
+def test_found_centre_is_the_box_of_the_confident_parts():
+    parts = torch.tensor([[[10.0, 20.0, 0.9], [30.0, 60.0, 0.8], [20.0, 40.0, 0.5],
+                           [500.0, 500.0, 0.1]],  # a faint part does not move the box
+                          [[10.0, 20.0, 0.9], [30.0, 60.0, 0.8], [0.0, 0.0, 0.1],
+                           [float("nan"), float("nan"), float("nan")]]])  # too few: kept
+    cx, cy = _found_centre(parts, torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0]))
+    assert cx.tolist() == [20.0, 2.0] and cy.tolist() == [40.0, 4.0]
+
+
+def test_recentred_crops_find_the_animals_as_well(pair):
+    """``recentre``: each crop is cut a second time around the parts the first pass found;
+    the animals are found as precisely and as completely."""
+    sample, path = pair
+    model = load_multianimal_model(path, device="cpu")
+    assert model.recentre is False  # the default, stored with the model
+    frames = list(iter_frames(sample.video_path))[:60]
+    truth = sample.keypoints[:60]
+    found = model.predict_frames(frames, batch_size=16)
+    once = evaluate_multianimal(found.poses, found.scores, truth)
+    model.recentre = True
+    found = model.predict_frames(frames, batch_size=16)
+    twice = evaluate_multianimal(found.poses, found.scores, truth)
+    assert twice["median_error_px"] <= once["median_error_px"] + 0.2
+    assert twice["missed"] + twice["spurious"] <= 0.03 * twice["labeled_animals"]
+    assert np.isfinite(found.identity).any()
 
 
 def test_egocentric_pair_model_finds_both_animals(pair, request, tmp_path):
