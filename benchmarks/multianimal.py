@@ -132,6 +132,8 @@ def main() -> None:
         best = torch.load(path, map_location="cpu", weights_only=True)["instance"].get(
             "iteration")
     model = load_multianimal_model(path, device="cpu")
+    # an inference setting given with --multianimal applies to a stored model too
+    model.recentre = bool(json.loads(args.multianimal).get("recentre", model.recentre))
     settings = torch.load(path, map_location="cpu", weights_only=True)["settings"]
     if "flip_test" not in settings:
         # a file written before test-time flip and side rules: add them as training now
