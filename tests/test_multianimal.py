@@ -666,6 +666,7 @@ def _sleap_tracked_predictions(path: Path, video_path: Path, pose: np.ndarray,
     labels = sio.Labels(labeled_frames=frames, videos=[video], skeletons=[skeleton],
                         tracks=tracks)
     labels.provenance["sleap_version"] = "1.4.1"
+    path.parent.mkdir(parents=True, exist_ok=True)
     if path.name.endswith(".analysis.h5"):
         sio.save_analysis_h5(labels, str(path))
     else:
@@ -693,7 +694,10 @@ def test_multianimal_sleap_predictions_load_by_track(pipeline, pair_db, data_roo
     np.testing.assert_allclose(loaded[..., :2], pose[..., :2], rtol=1e-5)
     assert np.isnan(loaded[5, 1]).all()
     rows = (model.PoseEstimation.Individual & task).to_dicts(order_by="individual_index")
-    assert [r["frames_present"] for r in rows] == [160, 159]
+    # counted from what was written (the tiny model may miss an animal in a frame or two)
+    present = np.isfinite(pose[..., 0]).any(axis=-1)
+    assert not present[5, 1] and present.sum() > 300
+    assert [r["frames_present"] for r in rows] == present.sum(axis=0).tolist()
 
 
 def test_multianimal_bad_tasks_insert_nothing(pipeline, pair_db, data_root):
@@ -747,13 +751,17 @@ def test_multianimal_filtered_video_and_nwb(pipeline, pair_db, tmp_path):
     model.LabeledVideo.populate(key)
     out = tmp_path / "labeled.mp4"
     out.write_bytes((model.LabeledVideo & key).fetch1("video").read())
-    drawn = next(iter_frames(out)).astype(int)
-    original = next(iter_frames(pair_db["sample"].video_path)).astype(int)
+    # each animal is drawn in its own colour: the two animals' marks differ in hue (looked at
+    # on the first frame where the model found the first part of both above the cut-off)
+    both = np.flatnonzero((raw[:, :, 0, 2] >= 0.6).all(axis=1))
+    assert len(both) > 100
+    i = int(both[0])
+    drawn = list(iter_frames(out, 0, i + 1))[-1].astype(int)
+    original = list(iter_frames(pair_db["sample"].video_path, 0, i + 1))[-1].astype(int)
     changed = np.abs(drawn - original).max(axis=-1) > 60
-    # each animal is drawn in its own colour: the two animals' marks differ in hue
     colours = []
     for g in range(2):
-        x, y = pair_db["sample"].keypoints[0, g, 0].round().astype(int)
+        x, y = raw[i, g, 0, :2].round().astype(int)
         patch = changed[max(y - 3, 0):y + 4, max(x - 3, 0):x + 4]
         assert patch.any()
         colours.append(drawn[max(y - 3, 0):y + 4, max(x - 3, 0):x + 4][patch].mean(axis=0))
