@@ -205,6 +205,9 @@ def score(model, labels, video: Path, test_stop: int) -> dict:
                                           strict=True)),
         "map_oks": ev["map_oks"], "missed": ev["missed"], "spurious": ev["spurious"],
         "frames_with_missed_or_spurious": ev["frames_with_missed_or_spurious"],
+        # the video frames where a labeled fly has no detection (where to look next)
+        "missed_frames": (np.flatnonzero(((matches < 0) & np.isfinite(truth[..., 0]).any(-1))
+                                        .any(axis=1)) + 1000).tolist(),
         "tracks": int(ids.max() + 1), "identity_switches_tracker": switches,
         "names_right_fraction": names_right(names),
         "names_right_fraction_per_frame_only": names_right(names_frame),
