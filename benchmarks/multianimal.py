@@ -133,7 +133,9 @@ def main() -> None:
             "iteration")
     model = load_multianimal_model(path, device="cpu")
     # an inference setting given with --multianimal applies to a stored model too
-    model.recentre = bool(json.loads(args.multianimal).get("recentre", model.recentre))
+    inference = json.loads(args.multianimal)
+    model.recentre = bool(inference.get("recentre", model.recentre))
+    model.search_missed = bool(inference.get("search_missed", model.search_missed))
     settings = torch.load(path, map_location="cpu", weights_only=True)["settings"]
     if "flip_test" not in settings:
         # a file written before test-time flip and side rules: add them as training now
@@ -145,15 +147,18 @@ def main() -> None:
     row = score(model, labels, video, args.test_stop)
     if args.ablate:
         variants = {}
-        flip_test, sides, recentre = model.flip_test, model.sides, model.recentre
-        for name, ft, sd, rc in (("no flip_test", False, sides, recentre),
-                                 ("no sides", flip_test, None, recentre),
-                                 ("neither", False, None, recentre),
-                                 ("one pass (no recentre)", flip_test, sides, False)):
-            model.flip_test, model.sides, model.recentre = ft, sd, rc
+        saved = (model.flip_test, model.sides, model.recentre, model.search_missed)
+        flip_test, sides, recentre, search = saved
+        for name, variant in (("no flip_test", (False, sides, recentre, search)),
+                              ("no sides", (flip_test, None, recentre, search)),
+                              ("neither", (False, None, recentre, search)),
+                              ("one pass (no recentre)", (flip_test, sides, False, search)),
+                              ("no second looks (search_missed off)",
+                               (flip_test, sides, recentre, False))):
+            model.flip_test, model.sides, model.recentre, model.search_missed = variant
             variants[name] = {k: v for k, v in score(model, labels, video, args.test_stop).items()
                               if k not in ("fps_single_animal_same_frames",)}
-        model.flip_test, model.sides, model.recentre = flip_test, sides, recentre
+        model.flip_test, model.sides, model.recentre, model.search_missed = saved
         row["ablations"] = variants
     row = {"dataset": "sleap-fly-clip", "train_frames": len(train_idx),
            "train_minutes": train_minutes,
@@ -211,6 +216,8 @@ def score(model, labels, video: Path, test_stop: int) -> dict:
         "tracks": int(ids.max() + 1), "identity_switches_tracker": switches,
         "names_right_fraction": names_right(names),
         "names_right_fraction_per_frame_only": names_right(names_frame),
+        # the pooling window of the runs before 2026-12-08 (15 frames either side)
+        "names_right_fraction_window_15": names_right(assign_identities(identity, ids, window=15)),
         "identity_switches_names": identity_switches(names, matches),
         "fps_multianimal": fps, "fps_single_animal_same_frames": single_fps,
         "device": "cpu", "init": "random",

@@ -7,7 +7,10 @@ Every session uses fresh schema names and drops them at the end.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -29,9 +32,16 @@ def shared_dataset(name: str) -> Path:
 
 
 @pytest.fixture(scope="session")
-def pose_home(tmp_path_factory) -> Path:
-    """A private ELEMENT_POSE_HOME (embedded database + store) for the whole session."""
-    home = tmp_path_factory.mktemp("element_pose_home")
+def pose_home() -> Path:
+    """A private ELEMENT_POSE_HOME (embedded database + store) for the whole session.
+
+    Outside pytest's own temporary root: run as root, the embedded server runs as its own
+    ``pgserver`` user, and a second pytest session on the machine makes that root private
+    again (mode 700), cutting the first session's server off from its data. Removed at exit,
+    after the server has stopped (atexit runs the server's stop, registered later, first).
+    """
+    home = Path(tempfile.mkdtemp(prefix="element_pose_home_"))
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
     os.environ["ELEMENT_POSE_HOME"] = str(home)
     os.environ["ELEMENT_POSE_ROOT_DATA_DIR"] = str(home / "data")
     (home / "data").mkdir(exist_ok=True)

@@ -170,6 +170,14 @@ class MultiAnimalConfig:
         two, BENCHMARKS.md). Twice the instance network's work. Off by default: on the
         synthetic pair of the tests, whose identity output is barely learned, it lowered the
         names from 100 % to 89 %.
+    search_missed : bool
+        In frames where the crops found fewer than ``max_animals`` distinct animals, cut
+        every crop whose animal lies off its centre again, half-way further from that animal
+        (:func:`second_look_centres`): a crop centred between two close animals returns one
+        of them, which another crop may have returned already, and the other animal is then
+        on the far side of the crop (sleap-fly-clip: 6 test frames with a missed fly, where
+        the flies came closer than in any training frame, BENCHMARKS.md). Costs a pass of the
+        instance network only in such frames.
     """
 
     max_animals: int | Literal["auto"] = "auto"
@@ -189,6 +197,7 @@ class MultiAnimalConfig:
     instance_backbone_stride: int | Literal["auto"] = "auto"
     instance_shift: float | Literal["auto"] = "auto"
     recentre: bool = False
+    search_missed: bool = True
 
     @classmethod
     def from_dict(cls, d: dict | None = None) -> MultiAnimalConfig:
@@ -684,6 +693,62 @@ def _found_centre(parts: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor
             torch.where(enough, (lo[:, 1] + hi[:, 1]) / 2, cy))
 
 
+def second_look_centres(parts: torch.Tensor, frame_of: torch.Tensor, cx: torch.Tensor,
+                        cy: torch.Tensor, max_animals: int, limit: float
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Crops to cut a second time, in frames where the crops found fewer than
+    ``max_animals`` distinct animals, and where.
+
+    A crop centred between two close animals may return the other one (which another crop
+    already returned, or which the centroid network missed): cut again half-way further from
+    the animal it returned (the median of its confident parts), the animal left out is there.
+
+    Parameters
+    ----------
+    parts : torch.Tensor
+        (n, K, 3) what each crop returned, [x, y, confidence].
+    frame_of, cx, cy : torch.Tensor
+        (n,) frame and centre of each crop, strongest centroid peak first within a frame.
+    max_animals : int
+        Most animals per frame.
+    limit : float
+        Two answers closer than this (median over parts) are one animal; a crop whose
+        animal is within it of the centre is not moved.
+
+    Returns
+    -------
+    rows, x, y : torch.Tensor
+        The crops to cut again and their new centres.
+    """
+    p = parts.detach().float().cpu().numpy()
+    fo = frame_of.cpu().numpy()
+    centre = torch.stack([cx, cy], dim=1).float().cpu().numpy()
+    sure = np.isfinite(p[..., :2]).all(axis=-1) & (np.nan_to_num(p[..., 2]) >= RECENTRE_MIN_SCORE)
+    rows, moved = [], []
+    for f in np.unique(fo):
+        here = np.flatnonzero(fo == f)
+        distinct: list[int] = []
+        for r in here:
+            d = [np.linalg.norm(p[r, :, :2] - p[q, :, :2], axis=1) for q in distinct]
+            if all(not np.isfinite(e).any() or np.nanmedian(e) >= limit for e in d):
+                distinct.append(int(r))
+        if len(distinct) >= max_animals:
+            continue
+        for r in here:
+            if sure[r].sum() < 3:
+                continue
+            away = centre[r] - np.median(p[r, sure[r], :2], axis=0)
+            if np.linalg.norm(away) > limit:
+                rows.append(int(r))
+                moved.append(centre[r] + away / 2.0)
+    dev = parts.device
+    if not rows:
+        empty = torch.zeros(0, device=dev)
+        return empty.long(), empty, empty
+    xy = torch.as_tensor(np.asarray(moved), dtype=cx.dtype, device=dev)
+    return torch.as_tensor(rows, device=dev), xy[:, 0], xy[:, 1]
+
+
 class MultiAnimalModel:
     """A trained centroid + instance model ready for inference."""
 
@@ -707,6 +772,9 @@ class MultiAnimalModel:
         self.flip_test = payload["settings"].get("flip_test", False) is True
         #: Run the instance network a second time on crops re-cut around what it found.
         self.recentre = bool(self.settings.recentre)
+        #: Cut crops again, pushed away from the animal they returned, in frames where
+        #: fewer than ``max_animals`` distinct animals were found.
+        self.search_missed = bool(self.settings.search_missed)
         #: Left/right parts kept on their side of the body axis (learned from the labels).
         self.sides = SideRules.from_dict(payload.get("sides"))
 
@@ -744,7 +812,10 @@ class MultiAnimalModel:
         frame_of, slot = torch.nonzero(ok, as_tuple=True)
         k = len(self.bodyparts)
         n_ch = self.instance.network.num_keypoints
-        poses = torch.full((b, 2 * m, n_ch, 3), float("nan"), device=x.device)
+        # slots 0..2M-1: the centroid peaks; 2M..4M-1: second looks (``search_missed``)
+        poses = torch.full((b, 4 * m, n_ch, 3), float("nan"), device=x.device)
+        scores = torch.full((b, 4 * m), float("nan"), device=x.device)
+        scores[:, :2 * m] = peaks[..., 2]
         if len(frame_of):
             crop = int(s.instance_crop_size)
             iscale = float(s.instance_input_scale)
@@ -765,6 +836,26 @@ class MultiAnimalModel:
             if self.recentre:
                 cx, cy = _found_centre(out[:, :k], cx, cy)
                 out = self._instance(src, frame_of, cx, cy, coarse, crop)
+            if self.search_missed:
+                rows, nx, ny = second_look_centres(out[:, :k], frame_of, cx, cy, m,
+                                                   float(s.min_distance) * iscale)
+                if len(rows):
+                    again = self._instance(src, frame_of[rows], nx, ny,
+                                           None if coarse is None else coarse[rows], crop)
+                    # an answer with fewer than three parts found is not an animal
+                    sure = (again[:, :k, 2] >= RECENTRE_MIN_SCORE).sum(dim=1) >= 3
+                    rows, again = rows[sure], again[sure]
+                    # a second look takes a slot after the centroid peaks, and its crop's score
+                    taken: dict[int, int] = {}
+                    extra = []
+                    for f in frame_of[rows].tolist():
+                        taken[f] = taken.get(f, 0) + 1
+                        extra.append(2 * m + taken[f] - 1)
+                    extra = torch.as_tensor(extra, dtype=slot.dtype, device=slot.device)
+                    scores[frame_of[rows], extra] = scores[frame_of[rows], slot[rows]]
+                    frame_of = torch.cat([frame_of, frame_of[rows]])
+                    slot = torch.cat([slot, extra])
+                    out = torch.cat([out, again])
             out[..., 0] = (out[..., 0] + 0.5) / iscale - 0.5
             out[..., 1] = (out[..., 1] + 0.5) / iscale - 0.5
             poses[frame_of, slot] = out
@@ -772,7 +863,7 @@ class MultiAnimalModel:
         if n_ch > k:
             identity = poses[..., k:, 2]
             identity = identity / identity.sum(dim=-1, keepdim=True).clamp(min=1e-6)
-        return poses[..., :k, :], peaks[..., 2], identity
+        return poses[..., :k, :], scores, identity
 
     def _instance(self, src: torch.Tensor, frame_of: torch.Tensor, cx: torch.Tensor,
                   cy: torch.Tensor, angle: torch.Tensor | None, crop: int) -> torch.Tensor:

@@ -149,7 +149,7 @@ def by_track(poses: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return out
 
 
-def assign_identities(identity: np.ndarray, ids: np.ndarray | None = None, window: int = 15
+def assign_identities(identity: np.ndarray, ids: np.ndarray | None = None, window: int = 60
                       ) -> np.ndarray:
     """Give each detection a name (index of an individual), at most once per frame.
 
@@ -162,7 +162,12 @@ def assign_identities(identity: np.ndarray, ids: np.ndarray | None = None, windo
         (F, M) track ids from :func:`track`: the evidence of a detection is pooled over the
         frames of its track within ``window`` frames on either side.
     window : int
-        Half-width of that window.
+        Half-width of that window. Wide, because a name is read worst exactly where it
+        matters, when the animals are close and each crop shows both: sleap-fly-clip's
+        female was called "male" for 27 frames on end with the male beside her, and
+        pooled over 15 frames either side the names were wrong there, over 60 right
+        (BENCHMARKS.md). A track that switches animals spreads a wrong name over as many
+        frames, so the tracker's switches, not this window, must stay rare.
 
     Returns
     -------
