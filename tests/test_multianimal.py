@@ -31,6 +31,7 @@ from element_pose.engine.multianimal import (
     match_axis_angles,
     plan,
     rotated_crops,
+    second_look_centres,
     train_multianimal,
 )
 from element_pose.engine.targets import find_peaks, make_targets, merge_instances
@@ -474,6 +475,48 @@ def test_found_centre_is_the_box_of_the_confident_parts():
                            [float("nan"), float("nan"), float("nan")]]])  # too few: kept
     cx, cy = _found_centre(parts, torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0]))
     assert cx.tolist() == [20.0, 2.0] and cy.tolist() == [40.0, 4.0]
+
+
+def _animal_at(x: float, y: float, conf: float = 0.9) -> list[list[float]]:
+    """Four parts of an animal around (x, y)."""
+    return [[x - 10, y, conf], [x + 10, y, conf], [x, y - 5, conf], [x, y + 5, conf]]
+
+
+def test_second_looks_go_where_an_animal_was_left_out():
+    """Two crops of frame 0 returned the same animal: the one centred off it is cut again,
+    half-way further from it. Frame 1 found two animals: nothing to look for. Frame 2's one
+    crop returned an animal 30 px left of its centre: cut again 15 px further right. A crop
+    whose animal is at its centre, or with fewer than three confident parts, is not moved."""
+    parts = torch.tensor([_animal_at(100, 100), _animal_at(101, 100),       # frame 0
+                          _animal_at(100, 100), _animal_at(200, 100),       # frame 1
+                          _animal_at(300, 300),                             # frame 2
+                          _animal_at(500, 500), _animal_at(400, 400, 0.1)])  # frame 3
+    frame_of = torch.tensor([0, 0, 1, 1, 2, 3, 3])
+    cx = torch.tensor([100.0, 140.0, 100.0, 200.0, 330.0, 500.0, 450.0])
+    cy = torch.tensor([100.0, 100.0, 100.0, 100.0, 300.0, 500.0, 400.0])
+    rows, x, y = second_look_centres(parts, frame_of, cx, cy, max_animals=2, limit=10.0)
+    assert rows.tolist() == [1, 4]
+    np.testing.assert_allclose(x.numpy(), [159.5, 345.0])
+    np.testing.assert_allclose(y.numpy(), [100.0, 300.0])
+    # one animal is all there is to find: no second looks
+    rows, _, _ = second_look_centres(parts, frame_of, cx, cy, max_animals=1, limit=10.0)
+    assert len(rows) == 0
+
+
+def test_second_looks_change_nothing_where_every_animal_was_found(pair):
+    """``search_missed`` (default on) only adds crops in frames with fewer distinct animals
+    than the maximum: on frames where both animals were found the result is the same."""
+    sample, path = pair
+    model = load_multianimal_model(path, device="cpu")
+    assert model.search_missed is True
+    frames = list(iter_frames(sample.video_path))[:40]
+    on = model.predict_frames(frames, batch_size=16)
+    model.search_missed = False
+    off = model.predict_frames(frames, batch_size=16)
+    both = (np.isfinite(off.scores).sum(axis=1) == 2)
+    assert both.mean() > 0.9
+    np.testing.assert_allclose(on.poses[both], off.poses[both], atol=1e-4)
+    assert (np.isfinite(on.scores).sum(axis=1) >= np.isfinite(off.scores).sum(axis=1)).all()
 
 
 def test_recentred_crops_find_the_animals_as_well(pair):

@@ -178,6 +178,14 @@ class MultiAnimalConfig:
         on the far side of the crop (sleap-fly-clip: 6 test frames with a missed fly, where
         the flies came closer than in any training frame, BENCHMARKS.md). Costs a pass of the
         instance network only in such frames.
+    crowd : float
+        Add this fraction of extra instance training crops, copies of the others with a second
+        animal cut out of a training frame (a soft mask around its parts, turned at random)
+        pasted beside the centred one, 0.5-0.9 animal lengths away and covering none of its
+        labeled parts. The instance network then learns to return the centred animal when
+        another is closer than the training frames ever show them (sleap-fly-clip: the two
+        flies sit 100 px apart in every training frame and come within 73 px in the test
+        frames, where crops returned parts of both, BENCHMARKS.md). 0 (off) by default.
     """
 
     max_animals: int | Literal["auto"] = "auto"
@@ -198,6 +206,7 @@ class MultiAnimalConfig:
     instance_shift: float | Literal["auto"] = "auto"
     recentre: bool = False
     search_missed: bool = True
+    crowd: float = 0.0
 
     @classmethod
     def from_dict(cls, d: dict | None = None) -> MultiAnimalConfig:
@@ -217,6 +226,9 @@ class MultiAnimalConfig:
                                           or out.align_parts[0] == out.align_parts[1]):
             raise ConfigError("Config key 'multianimal.align_parts' must name two different "
                               f"body parts (front, back), got {list(out.align_parts)}.")
+        if not 0 <= out.crowd <= 4:
+            raise ConfigError("Config key 'multianimal.crowd' must be within [0, 4] (extra "
+                              f"crowded crops per training crop), got {out.crowd}.")
         if out.instance_shift != "auto" and not 0 <= out.instance_shift < 0.5:
             raise ConfigError("Config key 'multianimal.instance_shift' must be within [0, 0.5) "
                               f"(a fraction of the crop side), got {out.instance_shift}; "
@@ -551,6 +563,77 @@ def instance_crops(images: Sequence[np.ndarray], keypoints: np.ndarray, individu
     return crops, np.asarray(kps, dtype=np.float64), index
 
 
+def animal_cutout(image: np.ndarray, keypoints: np.ndarray, side: int, scale: float = 1.0
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """One animal cut out of its frame: a ``side`` px patch centred on the box around its
+    parts (K, 2), and a soft mask (0-1) over the convex hull of its parts, widened and
+    feathered by a tenth of its length so thin legs and wing edges come along."""
+    centre, extent = instance_boxes(keypoints)
+    matrix = affine_matrix(tuple(centre), side, zoom=scale)
+    patch = cv2.warpAffine(image, matrix, (side, side), flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+    pts = apply_affine(keypoints[np.isfinite(keypoints).all(axis=1)], matrix)
+    mask = np.zeros((side, side), np.float32)
+    cv2.fillConvexPoly(mask, cv2.convexHull(pts.astype(np.float32)).round().astype(np.int32),
+                       1.0)
+    grow = max(2, int(round(0.1 * float(extent) * scale)))
+    mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1,) * 2))
+    return patch, cv2.GaussianBlur(mask, (0, 0), grow / 2.0)
+
+
+def paste_beside(crop: np.ndarray, keypoints: np.ndarray, patch: np.ndarray, mask: np.ndarray,
+                 distance: float, rng: np.random.Generator, tries: int = 8) -> np.ndarray | None:
+    """``crop`` with the animal of ``patch`` / ``mask`` pasted ``distance`` px from the crop
+    centre in a random direction, turned at random; None when every try would cover one of
+    the centred animal's labeled ``keypoints`` (K, 2)."""
+    side, pside = crop.shape[0], patch.shape[0]
+    mid, pmid = (side - 1) / 2.0, (pside - 1) / 2.0
+    labeled = keypoints[np.isfinite(keypoints).all(axis=1)].round().astype(int)
+    inside = ((labeled >= 0) & (labeled < side)).all(axis=1)
+    labeled = labeled[inside]
+    for _ in range(tries):
+        direction = rng.uniform(0.0, 2.0 * math.pi)
+        matrix = cv2.getRotationMatrix2D((pmid, pmid), float(rng.uniform(0.0, 360.0)), 1.0)
+        matrix[:, 2] += (mid + distance * math.cos(direction) - pmid,
+                         mid + distance * math.sin(direction) - pmid)
+        alpha = cv2.warpAffine(mask, matrix, (side, side), flags=cv2.INTER_LINEAR)
+        if len(labeled) and (alpha[labeled[:, 1], labeled[:, 0]] > 0.2).any():
+            continue
+        moved = cv2.warpAffine(patch, matrix, (side, side), flags=cv2.INTER_LINEAR)
+        a = alpha[..., None]
+        return (crop * (1.0 - a) + moved * a).round().clip(0, 255).astype(np.uint8)
+    return None
+
+
+def crowded_crops(images: Sequence[np.ndarray], keypoints: np.ndarray, crops: list[np.ndarray],
+                  crop_kps: np.ndarray, fraction: float, scale: float, seed: int
+                  ) -> tuple[list[np.ndarray], np.ndarray]:
+    """``fraction`` x ``len(crops)`` extra training crops: copies of random ``crops`` with a
+    random other labeled animal of ``images`` / ``keypoints`` (N, M, K, 2) pasted beside the
+    centred one, 0.5-0.9 median animal lengths from the crop centre (:func:`paste_beside`).
+
+    The pasted animal gets no labels: the crop's keypoints (``crop_kps``, identity channels
+    included) stay those of the centred animal.
+    """
+    rng = np.random.default_rng(seed)
+    _, extent = instance_boxes(keypoints)
+    donors = np.argwhere(np.isfinite(extent))
+    median, largest = float(np.median(extent[np.isfinite(extent)])), float(np.nanmax(extent))
+    pside = int(math.ceil(1.3 * largest * scale)) | 1
+    k = keypoints.shape[2]
+    out, kps = [], []
+    for _ in range(int(round(fraction * len(crops)))):
+        c = int(rng.integers(len(crops)))
+        i, m = donors[rng.integers(len(donors))]
+        patch, mask = animal_cutout(images[i], keypoints[i, m], pside, scale)
+        pasted = paste_beside(crops[c], crop_kps[c, :k], patch, mask,
+                              float(rng.uniform(0.5, 0.9)) * median * scale, rng)
+        if pasted is not None:
+            out.append(pasted)
+            kps.append(crop_kps[c])
+    return out, np.asarray(kps, dtype=np.float64).reshape(-1, *crop_kps.shape[1:])
+
+
 def train_multianimal(images: Sequence[np.ndarray], keypoints: np.ndarray,
                       bodyparts: Sequence[str], individuals: Sequence[str], config: EngineConfig,
                       ma: MultiAnimalConfig, workdir: str | Path, progress: bool = True
@@ -626,6 +709,12 @@ def train_multianimal(images: Sequence[np.ndarray], keypoints: np.ndarray,
     crops, ikp, _ = instance_crops(imgs, kp, individuals, p.multianimal.instance_crop_size,
                                    p.multianimal.instance_input_scale, p.multianimal.identity,
                                    angles, centres)
+    if p.multianimal.crowd > 0:
+        extra, extra_kp = crowded_crops(imgs, kp, crops, ikp, p.multianimal.crowd,
+                                        p.multianimal.instance_input_scale, config.seed)
+        logger.info("Crowded crops: %d with a second animal pasted beside the centred one",
+                    len(extra))
+        crops, ikp = crops + extra, np.concatenate([ikp, extra_kp])
     channels = bodyparts + ([IDENTITY_PREFIX + n for n in individuals]
                             if p.multianimal.identity else [])
     logger.info("Training the instance network on %d animals", len(crops))
