@@ -23,12 +23,15 @@ from element_pose.engine.metrics import (
 from element_pose.engine.multianimal import (
     MultiAnimalConfig,
     _found_centre,
+    animal_cutout,
     axis_angles,
     choose_axis,
+    crowded_crops,
     instance_boxes,
     load_any_model,
     load_multianimal_model,
     match_axis_angles,
+    paste_beside,
     plan,
     rotated_crops,
     second_look_centres,
@@ -501,6 +504,52 @@ def test_second_looks_go_where_an_animal_was_left_out():
     # one animal is all there is to find: no second looks
     rows, _, _ = second_look_centres(parts, frame_of, cx, cy, max_animals=1, limit=10.0)
     assert len(rows) == 0
+
+
+def _bar_frame() -> tuple[np.ndarray, np.ndarray]:
+    """A dark 200 x 200 frame with two bright 30 x 10 px animals, their four corners as
+    parts: (1, 2, 4, 2) keypoints."""
+    image = np.full((200, 200, 3), 20, np.uint8)
+    kp = np.zeros((1, 2, 4, 2))
+    for m, (x, y) in enumerate([(50, 50), (150, 140)]):
+        cv2.rectangle(image, (x - 15, y - 5), (x + 15, y + 5), (230, 230, 230), -1)
+        kp[0, m] = [[x - 15, y - 5], [x + 15, y - 5], [x + 15, y + 5], [x - 15, y + 5]]
+    return image, kp
+
+
+def test_an_animal_is_pasted_beside_the_centred_one_without_covering_it():
+    image, kp = _bar_frame()
+    patch, mask = animal_cutout(image, kp[0, 1], side=51)
+    assert patch.shape == (51, 51, 3) and mask.shape == (51, 51)
+    assert patch[25, 25].min() > 200 and mask[25, 25] > 0.99  # the animal, fully kept
+    assert mask[0, 0] < 0.01  # background around it is not
+    crop = np.full((121, 121, 3), 20, np.uint8)
+    labeled = np.array([[45.0, 55.0], [75.0, 55.0], [75.0, 65.0], [45.0, 65.0]])
+    cv2.rectangle(crop, (45, 55), (75, 65), (230, 230, 230), -1)
+    rng = np.random.default_rng(0)
+    pasted = paste_beside(crop, labeled, patch, mask, distance=45.0, rng=rng)
+    assert pasted is not None
+    np.testing.assert_array_equal(pasted[55:66, 45:76], crop[55:66, 45:76])  # not covered
+    bright = np.argwhere(pasted[..., 0] > 200)
+    far = np.linalg.norm(bright - 60.0, axis=1) > 30
+    assert far.sum() > 100  # the second animal, away from the centre
+    # pasted on top of the centred animal every time: refused
+    assert paste_beside(crop, labeled, patch, mask, distance=0.0, rng=rng) is None
+
+
+def test_crowded_crops_copy_the_centred_animals_labels():
+    image, kp = _bar_frame()
+    crops = [image[20:141, 0:121].copy(), image[79:200, 79:200].copy()]
+    ckp = np.stack([kp[0, 0] - [0, 20], kp[0, 1] - [79, 79]])
+    ckp = np.concatenate([ckp, np.full((2, 2, 2), np.nan)], axis=1)  # + identity channels
+    extra, extra_kp = crowded_crops([image], kp, crops, ckp, 2.0, 1.0, seed=0)
+    assert 1 <= len(extra) <= 4 and extra_kp.shape == (len(extra), 6, 2)
+    for c, k in zip(extra, extra_kp, strict=True):
+        source = int(np.argmin([np.nansum(np.abs(k - o)) for o in ckp]))
+        np.testing.assert_array_equal(k, ckp[source])
+        assert (c != crops[source]).any()  # an animal was pasted in
+    with pytest.raises(ConfigError, match="crowd"):
+        MultiAnimalConfig.from_dict({"crowd": -1})
 
 
 def test_second_looks_change_nothing_where_every_animal_was_found(pair):

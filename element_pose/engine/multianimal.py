@@ -585,12 +585,16 @@ def paste_beside(crop: np.ndarray, keypoints: np.ndarray, patch: np.ndarray, mas
                  distance: float, rng: np.random.Generator, tries: int = 8) -> np.ndarray | None:
     """``crop`` with the animal of ``patch`` / ``mask`` pasted ``distance`` px from the crop
     centre in a random direction, turned at random; None when every try would cover one of
-    the centred animal's labeled ``keypoints`` (K, 2)."""
+    the centred animal's labeled ``keypoints`` (K, 2) or a tenth of the hull around them."""
     side, pside = crop.shape[0], patch.shape[0]
     mid, pmid = (side - 1) / 2.0, (pside - 1) / 2.0
     labeled = keypoints[np.isfinite(keypoints).all(axis=1)].round().astype(int)
     inside = ((labeled >= 0) & (labeled < side)).all(axis=1)
     labeled = labeled[inside]
+    body = np.zeros((side, side), np.uint8)
+    if len(labeled) >= 3:
+        cv2.fillConvexPoly(body, cv2.convexHull(labeled.astype(np.int32)), 1)
+    body = body.astype(bool)
     for _ in range(tries):
         direction = rng.uniform(0.0, 2.0 * math.pi)
         matrix = cv2.getRotationMatrix2D((pmid, pmid), float(rng.uniform(0.0, 360.0)), 1.0)
@@ -598,6 +602,8 @@ def paste_beside(crop: np.ndarray, keypoints: np.ndarray, patch: np.ndarray, mas
                          mid + distance * math.sin(direction) - pmid)
         alpha = cv2.warpAffine(mask, matrix, (side, side), flags=cv2.INTER_LINEAR)
         if len(labeled) and (alpha[labeled[:, 1], labeled[:, 0]] > 0.2).any():
+            continue
+        if body.any() and (alpha[body] > 0.5).mean() > 0.1:
             continue
         moved = cv2.warpAffine(patch, matrix, (side, side), flags=cv2.INTER_LINEAR)
         a = alpha[..., None]
