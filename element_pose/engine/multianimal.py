@@ -566,23 +566,25 @@ def instance_crops(images: Sequence[np.ndarray], keypoints: np.ndarray, individu
 def animal_cutout(image: np.ndarray, keypoints: np.ndarray, side: int, scale: float = 1.0
                   ) -> tuple[np.ndarray, np.ndarray]:
     """One animal cut out of its frame: a ``side`` px patch centred on the box around its
-    parts (K, 2), and a soft mask (0-1) over the convex hull of its parts, widened and
-    feathered by a tenth of its length so thin legs and wing edges come along."""
+    parts (K, 2), and a soft mask (0-1) of its stick figure: a disc of a fifth of its length
+    at the middle of its parts and a band a tenth of its length wide from there to each part,
+    feathered (a hull around all parts would carry the background between spread legs)."""
     centre, extent = instance_boxes(keypoints)
     matrix = affine_matrix(tuple(centre), side, zoom=scale)
     patch = cv2.warpAffine(image, matrix, (side, side), flags=cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
     pts = apply_affine(keypoints[np.isfinite(keypoints).all(axis=1)], matrix)
+    length = float(extent) * scale
     mask = np.zeros((side, side), np.float32)
-    cv2.fillConvexPoly(mask, cv2.convexHull(pts.astype(np.float32)).round().astype(np.int32),
-                       1.0)
-    grow = max(2, int(round(0.1 * float(extent) * scale)))
-    mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1,) * 2))
-    return patch, cv2.GaussianBlur(mask, (0, 0), grow / 2.0)
+    middle = tuple(int(v) for v in np.median(pts, axis=0).round())
+    cv2.circle(mask, middle, max(2, int(round(0.2 * length))), 1.0, -1)
+    for x, y in pts.round().astype(int):
+        cv2.line(mask, middle, (int(x), int(y)), 1.0, max(2, int(round(0.1 * length))))
+    return patch, cv2.GaussianBlur(mask, (0, 0), max(1.0, 0.03 * length))
 
 
 def paste_beside(crop: np.ndarray, keypoints: np.ndarray, patch: np.ndarray, mask: np.ndarray,
-                 distance: float, rng: np.random.Generator, tries: int = 8) -> np.ndarray | None:
+                 distance: float, rng: np.random.Generator, tries: int = 24) -> np.ndarray | None:
     """``crop`` with the animal of ``patch`` / ``mask`` pasted ``distance`` px from the crop
     centre in a random direction, turned at random; None when every try would cover one of
     the centred animal's labeled ``keypoints`` (K, 2) or a tenth of the hull around them."""
@@ -601,7 +603,7 @@ def paste_beside(crop: np.ndarray, keypoints: np.ndarray, patch: np.ndarray, mas
         matrix[:, 2] += (mid + distance * math.cos(direction) - pmid,
                          mid + distance * math.sin(direction) - pmid)
         alpha = cv2.warpAffine(mask, matrix, (side, side), flags=cv2.INTER_LINEAR)
-        if len(labeled) and (alpha[labeled[:, 1], labeled[:, 0]] > 0.2).any():
+        if len(labeled) and (alpha[labeled[:, 1], labeled[:, 0]] > 0.5).any():
             continue
         if body.any() and (alpha[body] > 0.5).mean() > 0.1:
             continue
