@@ -185,7 +185,9 @@ class MultiAnimalConfig:
         labeled parts. The instance network then learns to return the centred animal when
         another is closer than the training frames ever show them (sleap-fly-clip: the two
         flies sit 100 px apart in every training frame and come within 73 px in the test
-        frames, where crops returned parts of both, BENCHMARKS.md). 0 (off) by default.
+        frames, where crops returned parts of both). 0 (off) by default: with 1.0 a fly model
+        missed the fewest flies of three trainings but named them right on 78 % of the test
+        frames instead of 99 % (BENCHMARKS.md).
     """
 
     max_animals: int | Literal["auto"] = "auto"
