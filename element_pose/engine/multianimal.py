@@ -792,6 +792,13 @@ def _found_centre(parts: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor
             torch.where(enough, (lo[:, 1] + hi[:, 1]) / 2, cy))
 
 
+def _same_animal(a: np.ndarray, b: np.ndarray, limit: float) -> bool:
+    """Two detections (K, 2+) are one animal: their parts are closer than ``limit`` at the
+    median."""
+    d = np.linalg.norm(a[:, :2] - b[:, :2], axis=1)
+    return bool(np.isfinite(d).any() and np.nanmedian(d) < limit)
+
+
 def second_look_centres(parts: torch.Tensor, frame_of: torch.Tensor, cx: torch.Tensor,
                         cy: torch.Tensor, max_animals: int, limit: float
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -828,8 +835,7 @@ def second_look_centres(parts: torch.Tensor, frame_of: torch.Tensor, cx: torch.T
         here = np.flatnonzero(fo == f)
         distinct: list[int] = []
         for r in here:
-            d = [np.linalg.norm(p[r, :, :2] - p[q, :, :2], axis=1) for q in distinct]
-            if all(not np.isfinite(e).any() or np.nanmedian(e) >= limit for e in d):
+            if not any(_same_animal(p[r], p[q], limit) for q in distinct):
                 distinct.append(int(r))
         if len(distinct) >= max_animals:
             continue
@@ -1024,13 +1030,7 @@ class MultiAnimalModel:
             for j in np.argsort(-np.nan_to_num(scores[i], nan=-1.0)):
                 if not np.isfinite(scores[i, j]) or len(kept) == m:
                     break
-                dup = False
-                for q in kept:
-                    d = np.linalg.norm(poses[i, j, :, :2] - poses[i, q, :, :2], axis=1)
-                    if np.isfinite(d).any() and np.nanmedian(d) < limit:
-                        dup = True
-                        break
-                if not dup:
+                if not any(_same_animal(poses[i, j], poses[i, q], limit) for q in kept):
                     kept.append(int(j))
             out[i, :len(kept)] = poses[i, kept]
             out_s[i, :len(kept)] = scores[i, kept]
